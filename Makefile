@@ -1,0 +1,44 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# The virtualenv lives outside the clone, keyed by the dependency file's hash,
+# so a clean clone with unchanged dependencies reuses it.
+PYTHON ?= python3
+DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+VENV ?= $(HOME)/.cache/lakelens/venv-$(DEPS_HASH)
+BIN := $(VENV)/bin
+# The CPU build of torch ships on these machines; pip prefers it over the multi-GB CUDA download.
+WHEELS := $(wildcard /opt/wheels)
+PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
+
+DEMO_LAKE ?= $(CURDIR)/.demo-lake
+DEMO_USERS ?= 4000
+DEMO_DAYS ?= 3
+DEMO_DATE ?= 2026-01-02
+
+.PHONY: setup demo test bench clean-demo
+
+$(VENV)/.deps-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.deps-installed
+	@# re-point the editable install at this checkout (the venv may be shared by clones)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+
+demo: setup
+	$(BIN)/lakelens generate --out $(DEMO_LAKE) --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
+	$(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $(DEMO_DATE)
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT run_id, job, partition, status, committed_at FROM runs"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT n_events, count(*) AS sequences, round(avg(CASE WHEN truncated THEN 1 ELSE 0 END), 3) AS truncated_share FROM sequences GROUP BY ALL ORDER BY n_events LIMIT 12"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT t.status, count(*) AS txns, round(avg(s.n_events), 1) AS avg_events FROM sequences s JOIN transactions t USING (transaction_id) GROUP BY ALL"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/generate_speed.py
+	$(BIN)/python bench/sequences_throughput.py
+
+clean-demo:
+	rm -rf $(DEMO_LAKE)

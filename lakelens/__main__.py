@@ -1,0 +1,3 @@
+from lakelens.cli import main
+
+main()
