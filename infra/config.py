@@ -1,0 +1,100 @@
+"""Typed job configuration: defaults in code, overridable from a TOML file and from flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StorageConfig:
+    """S3 endpoint and credentials. Unset fields fall back to the standard AWS environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    def resolved(self) -> "StorageConfig":
+        env = os.environ
+        return StorageConfig(
+            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+            region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            access_key_id=self.access_key_id or env.get("AWS_ACCESS_KEY_ID"),
+            secret_access_key=self.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY"),
+        )
+
+
+@dataclass
+class RayConfig:
+    """Local Ray by default; RAY_ADDRESS (or `address`) attaches to a cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class SequenceConfig:
+    lookback_hours: float = 24.0
+    max_len: int = 64
+    # hash buckets for the user shuffle; 0 picks one from the input size
+    num_buckets: int = 0
+    # how late an event may land in the partition after its own day
+    late_arrival_days: int = 1
+
+
+@dataclass
+class LakelensConfig:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":
+        """Defaults, then the TOML file's sections, then dotted overrides such as {"sequences.max_len": 32}."""
+        config = cls()
+        if path is not None:
+            with open(path, "rb") as handle:
+                _apply_nested(config, tomllib.load(handle), source=str(path))
+        for dotted, value in (overrides or {}).items():
+            if value is None:
+                continue
+            section, _, name = dotted.partition(".")
+            _apply_nested(config, {section: {name: value}}, source="flags")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _apply_nested(config: Any, values: dict[str, Any], source: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(config)}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{source}: unknown config key {key!r}; expected one of {sorted(known)}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: section {key!r} must be a table")
+            _apply_nested(current, value, source=f"{source}:{key}")
+        else:
+            setattr(config, key, _coerce(value, known[key].type, f"{source}:{key}"))
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    text = str(annotation)
+    try:
+        if text.startswith("int"):
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("bool"):
+            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot read {value!r} as {text}") from exc
+    return value
