@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +160,7 @@ def _cast(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> tuple[pa.A
         return array.cast(target, safe=True), np.zeros(n, dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         pass
+    parse_time = pa.types.is_timestamp(target) and pa.types.is_string(array.type)
     out: list[object] = []
     wrong = np.zeros(n, dtype=bool)
     for i, value in enumerate(array.to_pylist()):
@@ -166,11 +168,17 @@ def _cast(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> tuple[pa.A
             out.append(None)
             continue
         try:
-            out.append(pa.array([value]).cast(target, safe=True)[0].as_py())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            out.append(_parse_utc(value) if parse_time else pa.array([value]).cast(target, safe=True)[0].as_py())
+        except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             out.append(None)
             wrong[i] = True
     return pa.array(out, type=target), wrong
+
+
+def _parse_utc(text: str) -> datetime:
+    """ISO 8601 text; a time without a zone is taken as UTC."""
+    parsed = datetime.fromisoformat(text.strip())
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
 def _filled(mask: pa.Array | pa.ChunkedArray, null_as: bool) -> np.ndarray:
