@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
+
+import duckdb
 
 import pyarrow as pa
 
@@ -24,10 +27,14 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
     con = lake.duckdb_connect(database)
     for table in INPUT_TABLES:
         if lake.list_files(table, suffix=".parquet"):
-            con.execute(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
-                f"{_sql_str(lake.uri(table) + '/**/*.parquet')}, hive_partitioning = true, union_by_name = true)"
-            )
+            try:
+                con.execute(
+                    f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
+                    f"{_sql_str(lake.uri(table) + '/**/*.parquet')}, hive_partitioning = true, union_by_name = true)"
+                )
+            except duckdb.Error as exc:
+                # one broken raw file must not take the result tables down with it
+                warnings.warn(f"view {table!r} not created: {exc}", stacklevel=2)
 
     manifests = published_manifests(lake)
     visible = latest_per_partition(manifests)

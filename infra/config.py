@@ -36,6 +36,9 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = None
     show_progress: bool = True
+    # Ray Data's hash shuffle starts aggregator actors per run, which costs more than the
+    # shuffle itself for daily partitions on small clusters; "hash_shuffle" suits very wide ones.
+    shuffle_strategy: str = "sort_shuffle_pull_based"
 
 
 @dataclass

@@ -11,6 +11,7 @@ from lakelens.infra.config import RayConfig
 def init_ray(config: RayConfig | None = None) -> None:
     import ray
     from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
 
     config = config or RayConfig()
     if not ray.is_initialized():
@@ -21,6 +22,7 @@ def init_ray(config: RayConfig | None = None) -> None:
         else:
             ray.init(num_cpus=config.num_cpus, include_dashboard=False, **common)
     context = DataContext.get_current()
+    context.shuffle_strategy = ShuffleStrategy(config.shuffle_strategy)
     context.enable_progress_bars = config.show_progress
     # per-operator bars are noise in scheduled-job logs; the global bar shows progress
     context.enable_operator_progress_bars = False
