@@ -1,0 +1,254 @@
+"""PHDBSCAN: HDBSCAN over a FAISS kNN graph, with the `hdbscan` library's parameters and outputs.
+
+    data -> knn graph -> core distances -> MST (+ exact component joins) -> single linkage
+         -> condensed tree -> EOM/leaf selection -> labels, probabilities, GLOSH, persistence
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from lakelens.operators.hdbscan import knn as knn_mod
+from lakelens.operators.hdbscan.mst import connect_components, core_distances, knn_edges, minimum_spanning_forest
+from lakelens.operators.hdbscan.tree import (
+    CONDENSED_DTYPE,
+    ClusterTree,
+    _deaths,
+    cluster_persistence,
+    condense_tree,
+    glosh_scores,
+    label_points,
+    membership_probabilities,
+    select_clusters,
+    single_linkage,
+)
+
+
+@dataclass
+class HDBSCANParams:
+    min_cluster_size: int = 5
+    min_samples: int | None = None  # defaults to min_cluster_size, as in hdbscan
+    cluster_selection_method: str = "eom"
+    cluster_selection_epsilon: float = 0.0
+    allow_single_cluster: bool = False
+    metric: str = "euclidean"  # or "cosine" (rows are L2-normalised)
+    knn_k: int | None = None  # neighbours in the graph, self included; default max(min_samples + 1, 16)
+    knn_method: str = "auto"  # exact, ivf, hnsw or auto (exact up to 200k points)
+    device: str = "auto"  # cpu, cuda or auto
+    nprobe: int | None = None
+    seed: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.min_samples or self.min_cluster_size
+
+    def check(self) -> None:
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be >= 2, got {self.min_cluster_size}")
+        if self.min_samples is not None and self.min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {self.min_samples}")
+        if self.cluster_selection_epsilon < 0:
+            raise ValueError("cluster_selection_epsilon must be >= 0")
+        if self.metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+
+
+@dataclass
+class HDBSCANResult:
+    labels: np.ndarray
+    probabilities: np.ndarray
+    outlier_scores: np.ndarray
+    condensed_tree: np.ndarray
+    single_linkage: np.ndarray
+    selected_clusters: list[int]
+    cluster_persistence: np.ndarray
+    core_distances: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_data(X, metric: str = "euclidean") -> np.ndarray:
+    """float32 C-contiguous rows; a clear error for NaN/inf rows; cosine becomes euclidean on the sphere."""
+    data = np.asarray(X)
+    if data.ndim != 2:
+        raise ValueError(f"expected a 2-d array of shape (n_samples, n_features), got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"expected numeric data, got dtype {data.dtype}")
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{rows.size} rows contain NaN or inf (first at row {rows[0]}); drop or impute them")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(data, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError(f"{int((norms == 0).sum())} rows are all zero; cosine distance is undefined for them")
+        data = np.ascontiguousarray(data / norms, dtype=np.float32)
+    return data
+
+
+def hdbscan_from_mst(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, core: np.ndarray,
+                     params: HDBSCANParams) -> HDBSCANResult:
+    """Everything after the spanning tree; pure and shared by single-node and sharded fits."""
+    linkage = single_linkage(n, a, b, w)
+    tree = condense_tree(linkage, params.min_cluster_size)
+    selected = select_clusters(tree, params.cluster_selection_method, params.allow_single_cluster,
+                               params.cluster_selection_epsilon)
+    labels = label_points(tree, selected, n, params.allow_single_cluster, params.cluster_selection_epsilon)
+    return HDBSCANResult(
+        labels=labels,
+        probabilities=membership_probabilities(tree, selected, labels),
+        outlier_scores=glosh_scores(tree, n),
+        condensed_tree=tree,
+        single_linkage=linkage,
+        selected_clusters=selected,
+        cluster_persistence=cluster_persistence(tree, selected),
+        core_distances=core,
+    )
+
+
+def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph | None = None) -> HDBSCANResult:
+    """Cluster prepared data (see prepare_data); pass `graph` to reuse a kNN graph."""
+    import time
+
+    params.check()
+    n = data.shape[0]
+    if n < 2:
+        return _trivial(n)
+    timings: dict[str, float] = {}
+    samples = min(params.samples, n - 1)
+    started = time.perf_counter()
+    if graph is None:
+        k = min(n, max(samples + 1, params.knn_k or 16))
+        graph = knn_mod.knn_graph(data, k, method=params.knn_method, device=params.device, nprobe=params.nprobe,
+                                  seed=params.seed)
+    timings["knn"] = time.perf_counter() - started
+    started = time.perf_counter()
+    core = core_distances(graph, samples)
+    a, b, w = minimum_spanning_forest(n, *knn_edges(graph, core))
+    if a.size < n - 1:
+        a, b, w = connect_components(data, core, a, b, w)
+    timings["mst"] = time.perf_counter() - started
+    started = time.perf_counter()
+    result = hdbscan_from_mst(n, a, b, w, core, params)
+    timings["tree"] = time.perf_counter() - started
+    result.timings = timings
+    return result
+
+
+def _trivial(n: int) -> HDBSCANResult:
+    return HDBSCANResult(np.full(n, -1), np.zeros(n), np.zeros(n), np.empty(0, CONDENSED_DTYPE),
+                         np.empty((0, 4)), [], np.zeros(0), np.zeros(n))
+
+
+class PHDBSCAN:
+    """Drop-in for `hdbscan.HDBSCAN` on Euclidean (or cosine) data, built on FAISS kNN graphs."""
+
+    def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None,
+                 cluster_selection_method: str = "eom", cluster_selection_epsilon: float = 0.0,
+                 allow_single_cluster: bool = False, metric: str = "euclidean", knn_k: int | None = None,
+                 knn_method: str = "auto", device: str = "auto", nprobe: int | None = None, seed: int = 0) -> None:
+        self.params = HDBSCANParams(min_cluster_size, min_samples, cluster_selection_method,
+                                    cluster_selection_epsilon, allow_single_cluster, metric, knn_k, knn_method,
+                                    device, nprobe, seed)
+
+    def fit(self, X, graph: knn_mod.KnnGraph | None = None) -> "PHDBSCAN":
+        data = prepare_data(X, self.params.metric)
+        self.result_ = fit_hdbscan(data, self.params, graph)
+        self._data = data
+        self._index = None
+        return self
+
+    def fit_predict(self, X) -> np.ndarray:
+        return self.fit(X).labels_
+
+    # the hdbscan library's attribute names
+    labels_ = property(lambda self: self.result_.labels)
+    probabilities_ = property(lambda self: self.result_.probabilities)
+    outlier_scores_ = property(lambda self: self.result_.outlier_scores)
+    cluster_persistence_ = property(lambda self: self.result_.cluster_persistence)
+    condensed_tree_ = property(lambda self: self.result_.condensed_tree)
+    single_linkage_tree_ = property(lambda self: self.result_.single_linkage)
+
+    def approximate_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and probabilities for new points without re-clustering (hdbscan's approximate_predict)."""
+        points = prepare_data(X, self.params.metric)
+        n_train = self._data.shape[0]
+        samples = min(self.params.samples, n_train - 1)
+        if self._index is None:
+            self._index = knn_mod.build_index(self._data, method=self.params.knn_method, device=self.params.device,
+                                              nprobe=self.params.nprobe, seed=self.params.seed)
+        graph = knn_mod.search(self._index, self._data, points, min(n_train, 2 * samples))
+        result = self.result_
+        core_new = graph.distances[:, min(samples, graph.distances.shape[1]) - 1]
+        mr = np.maximum(np.maximum(core_new[:, None], result.core_distances[graph.indices]), graph.distances)
+        best = np.argmin(mr, axis=1)
+        neighbour = graph.indices[np.arange(points.shape[0]), best]
+        with np.errstate(divide="ignore"):
+            lam = 1.0 / mr[np.arange(points.shape[0]), best]
+        tree = result.condensed_tree
+        if tree.size == 0:
+            return np.full(points.shape[0], -1), np.zeros(points.shape[0])
+        ct = ClusterTree.from_condensed(tree)
+        owner = np.full(ct.parent_of.size, -1, dtype=np.int64)
+        for number, c in enumerate(result.selected_clusters):
+            owner[c - ct.root] = number
+        for idx in range(1, ct.parent_of.size):
+            if owner[idx] < 0:
+                owner[idx] = owner[ct.parent_of[idx] - ct.root]
+        point_rows = tree[tree["child"] < ct.root]
+        leaves_from = np.empty(n_train, dtype=np.int64)
+        leaves_from[point_rows["child"]] = point_rows["parent"]
+        deaths = _deaths(tree, ct.root, ct.parent_of.size)
+        labels = np.full(points.shape[0], -1, dtype=np.int64)
+        probs = np.zeros(points.shape[0])
+        for i in range(points.shape[0]):
+            cluster = leaves_from[neighbour[i]]
+            # the new point joins where its density level says: climb while the cluster was born denser
+            while cluster != ct.root and ct.birth[cluster - ct.root] > lam[i]:
+                cluster = ct.parent_of[cluster - ct.root]
+            label = owner[cluster - ct.root]
+            if label < 0:
+                continue
+            labels[i] = label
+            max_lambda = deaths[result.selected_clusters[label] - ct.root]
+            probs[i] = 1.0 if not np.isfinite(max_lambda) or max_lambda == 0 else min(lam[i], max_lambda) / max_lambda
+        return labels, probs
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def save(self, lake, rel_dir: str) -> None:
+        """Write the fitted model to a lake folder (params, arrays, training points)."""
+        r = self.result_
+        arrays = {
+            "data": self._data, "labels": r.labels, "probabilities": r.probabilities,
+            "outlier_scores": r.outlier_scores, "condensed_tree": r.condensed_tree,
+            "single_linkage": r.single_linkage, "core_distances": r.core_distances,
+            "cluster_persistence": r.cluster_persistence,
+            "selected_clusters": np.asarray(r.selected_clusters, dtype=np.int64),
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        lake.write_bytes(f"{rel_dir}/arrays.npz", buffer.getvalue())
+        lake.write_json(f"{rel_dir}/model.json", {"kind": "phdbscan", "params": asdict(self.params),
+                                                  "n": int(self._data.shape[0]), "dim": int(self._data.shape[1])})
+
+    @classmethod
+    def load(cls, lake, rel_dir: str) -> "PHDBSCAN":
+        meta = lake.read_json(f"{rel_dir}/model.json")
+        if meta.get("kind") != "phdbscan":
+            raise ValueError(f"{lake.uri(rel_dir)} does not hold a PHDBSCAN model")
+        model = cls(**meta["params"])
+        arrays = np.load(io.BytesIO(lake.read_bytes(f"{rel_dir}/arrays.npz")))
+        model._data = arrays["data"]
+        model._index = None
+        model.result_ = HDBSCANResult(
+            labels=arrays["labels"], probabilities=arrays["probabilities"], outlier_scores=arrays["outlier_scores"],
+            condensed_tree=arrays["condensed_tree"], single_linkage=arrays["single_linkage"],
+            selected_clusters=[int(c) for c in arrays["selected_clusters"]],
+            cluster_persistence=arrays["cluster_persistence"], core_distances=arrays["core_distances"],
+        )
+        return model

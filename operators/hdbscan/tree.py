@@ -1,0 +1,316 @@
+"""From a spanning tree to clusters: single linkage, the condensed tree, selection, labels, GLOSH.
+
+The semantics follow the hdbscan library (Campello et al.): lambda = 1 / distance; a split is
+real when both sides have at least min_cluster_size points; EOM keeps the clusters whose
+stability beats the sum of their descendants'; leaf keeps the leaves; epsilon merges clusters
+born below the distance threshold into their ancestors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+CONDENSED_DTYPE = np.dtype([("parent", np.int64), ("child", np.int64), ("lambda_val", np.float64),
+                            ("child_size", np.int64)])
+
+
+@njit(cache=True)
+def _single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """scipy-style linkage (left, right, distance, size) from n-1 edges already in edge order."""
+    parent = np.arange(2 * n - 1)
+    size = np.ones(2 * n - 1, dtype=np.int64)
+    out = np.empty((n - 1, 4))
+    for e in range(n - 1):
+        ra = a[e]
+        while parent[ra] != ra:
+            ra = parent[ra]
+        rb = b[e]
+        while parent[rb] != rb:
+            rb = parent[rb]
+        node = n + e
+        parent[ra] = node
+        parent[rb] = node
+        size[node] = size[ra] + size[rb]
+        out[e, 0] = ra
+        out[e, 1] = rb
+        out[e, 2] = w[e]
+        out[e, 3] = size[node]
+        # compress the paths just walked so later finds stay short
+        x = a[e]
+        while x != node:
+            nxt = parent[x]
+            parent[x] = node
+            x = nxt
+        x = b[e]
+        while x != node:
+            nxt = parent[x]
+            parent[x] = node
+            x = nxt
+    return out
+
+
+def single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    order = np.lexsort((b, a, w))
+    return _single_linkage(n, a[order].astype(np.int64), b[order].astype(np.int64), w[order].astype(np.float64))
+
+
+@njit(cache=True)
+def _bfs(linkage: np.ndarray, n: int, root: int) -> np.ndarray:
+    """Nodes of the subtree under `root`, level by level, left before right (hdbscan's order)."""
+    out = np.empty(2 * n - 1, dtype=np.int64)
+    out[0] = root
+    head, tail = 0, 1
+    while head < tail:
+        node = out[head]
+        head += 1
+        if node >= n:
+            out[tail] = np.int64(linkage[node - n, 0])
+            out[tail + 1] = np.int64(linkage[node - n, 1])
+            tail += 2
+    return out[:tail]
+
+
+@njit(cache=True)
+def _condense(linkage: np.ndarray, min_cluster_size: int):
+    n = linkage.shape[0] + 1
+    root = 2 * n - 2
+    order = _bfs(linkage, n, root)
+    relabel = np.empty(2 * n - 1, dtype=np.int64)
+    relabel[root] = n
+    next_label = n + 1
+    ignore = np.zeros(2 * n - 1, dtype=np.bool_)
+    parents = np.empty(2 * n, dtype=np.int64)
+    children = np.empty(2 * n, dtype=np.int64)
+    lambdas = np.empty(2 * n, dtype=np.float64)
+    sizes = np.empty(2 * n, dtype=np.int64)
+    rows = 0
+    for node in order:
+        if ignore[node] or node < n:
+            continue
+        left = np.int64(linkage[node - n, 0])
+        right = np.int64(linkage[node - n, 1])
+        dist = linkage[node - n, 2]
+        lam = 1.0 / dist if dist > 0.0 else np.inf
+        left_size = np.int64(linkage[left - n, 3]) if left >= n else 1
+        right_size = np.int64(linkage[right - n, 3]) if right >= n else 1
+        if left_size >= min_cluster_size and right_size >= min_cluster_size:
+            for side, side_size in ((left, left_size), (right, right_size)):
+                relabel[side] = next_label
+                next_label += 1
+                parents[rows] = relabel[node]
+                children[rows] = relabel[side]
+                lambdas[rows] = lam
+                sizes[rows] = side_size
+                rows += 1
+        else:
+            for side, side_size in ((left, left_size), (right, right_size)):
+                if side_size >= min_cluster_size:
+                    relabel[side] = relabel[node]  # the cluster goes on under the same label
+                    continue
+                for sub in _bfs(linkage, n, side):
+                    if sub < n:
+                        parents[rows] = relabel[node]
+                        children[rows] = sub
+                        lambdas[rows] = lam
+                        sizes[rows] = 1
+                        rows += 1
+                    ignore[sub] = True
+    return parents[:rows], children[:rows], lambdas[:rows], sizes[:rows]
+
+
+def condense_tree(linkage: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """The condensed tree as a structured array (parent, child, lambda_val, child_size)."""
+    parents, children, lambdas, sizes = _condense(linkage, min_cluster_size)
+    tree = np.empty(parents.size, dtype=CONDENSED_DTYPE)
+    tree["parent"], tree["child"], tree["lambda_val"], tree["child_size"] = parents, children, lambdas, sizes
+    return tree
+
+
+@dataclass(frozen=True)
+class ClusterTree:
+    """Per-cluster facts derived from a condensed tree (clusters are ids root..max)."""
+
+    root: int
+    parent_of: np.ndarray  # cluster id -> parent cluster id (-1 for the root), indexed by id - root
+    birth: np.ndarray  # lambda at which the cluster appears
+    stability: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def from_condensed(cls, tree: np.ndarray) -> "ClusterTree":
+        root = int(tree["parent"].min())
+        count = int(max(tree["parent"].max(), tree["child"].max() if tree.size else root)) - root + 1
+        count = max(count, 1)
+        parent_of = np.full(count, -1, dtype=np.int64)
+        birth = np.zeros(count)
+        size = np.zeros(count, dtype=np.int64)
+        is_cluster_row = tree["child"] >= root
+        cl = tree[is_cluster_row]
+        parent_of[cl["child"] - root] = cl["parent"]
+        birth[cl["child"] - root] = cl["lambda_val"]
+        size[cl["child"] - root] = cl["child_size"]
+        size[0] = int(tree["child_size"][tree["parent"] == root].sum())
+        # stability = sum over rows leaving the cluster of (lambda_leave - lambda_birth) * size
+        lam = np.where(np.isfinite(tree["lambda_val"]), tree["lambda_val"], np.finfo(np.float64).max / 1e10)
+        contrib = (lam - birth[tree["parent"] - root]) * tree["child_size"]
+        stability = np.bincount(tree["parent"] - root, weights=contrib, minlength=count)
+        return cls(root, parent_of, birth, stability, size)
+
+    def children(self, cluster: int) -> np.ndarray:
+        return np.flatnonzero(self.parent_of == cluster) + self.root
+
+    def descendants(self, cluster: int) -> list[int]:
+        out, todo = [], list(self.children(cluster))
+        while todo:
+            c = todo.pop()
+            out.append(int(c))
+            todo.extend(self.children(c))
+        return out
+
+
+def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster: bool = False,
+                    cluster_selection_epsilon: float = 0.0) -> list[int]:
+    """Ids of the selected clusters, ascending."""
+    if method not in ("eom", "leaf"):
+        raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {method!r}")
+    ct = ClusterTree.from_condensed(tree)
+    n_clusters = ct.parent_of.size
+    ids = np.arange(n_clusters) + ct.root
+    if method == "eom":
+        stability = ct.stability.copy()
+        selected = np.zeros(n_clusters, dtype=bool)
+        candidates = ids[::-1] if allow_single_cluster else ids[::-1][:-1]
+        for c in candidates:
+            kids = ct.children(c)
+            subtree = stability[kids - ct.root].sum()
+            if kids.size and subtree > stability[c - ct.root]:
+                stability[c - ct.root] = subtree
+            else:
+                selected[c - ct.root] = True
+                for d in ct.descendants(c):
+                    selected[d - ct.root] = False
+        chosen = [int(c) for c in ids[selected]]
+        if cluster_selection_epsilon and n_clusters > 1:
+            if chosen == [ct.root]:
+                chosen = chosen if allow_single_cluster else []
+            else:
+                chosen = _epsilon_search(ct, chosen, cluster_selection_epsilon, allow_single_cluster)
+    else:
+        leaves = [int(c) for c in ids if c != ct.root and ct.children(c).size == 0]
+        if not leaves:
+            return [ct.root] if allow_single_cluster else []
+        chosen = _epsilon_search(ct, leaves, cluster_selection_epsilon, allow_single_cluster) \
+            if cluster_selection_epsilon else leaves
+    return sorted(chosen)
+
+
+def _epsilon_search(ct: ClusterTree, clusters: list[int], epsilon: float, allow_single_cluster: bool) -> list[int]:
+    """Replace clusters born at a distance below epsilon by their ancestor born above it."""
+    chosen: list[int] = []
+    covered: set[int] = set()
+    for c in sorted(clusters):
+        if c in covered:
+            continue
+        birth_distance = 1.0 / ct.birth[c - ct.root] if ct.birth[c - ct.root] > 0 else np.inf
+        if birth_distance >= epsilon:
+            chosen.append(c)
+            continue
+        node = c
+        while True:
+            parent = int(ct.parent_of[node - ct.root])
+            if parent == ct.root:
+                node = parent if allow_single_cluster else node
+                break
+            parent_distance = 1.0 / ct.birth[parent - ct.root] if ct.birth[parent - ct.root] > 0 else np.inf
+            if parent_distance > epsilon:
+                node = parent
+                break
+            node = parent
+        chosen.append(node)
+        covered.update(ct.descendants(node))
+        covered.add(node)
+    return sorted(set(chosen))
+
+
+def label_points(tree: np.ndarray, selected: list[int], n_points: int, allow_single_cluster: bool = False,
+                 cluster_selection_epsilon: float = 0.0) -> np.ndarray:
+    """-1 for noise, else the index of the point's selected ancestor cluster in `selected`."""
+    ct = ClusterTree.from_condensed(tree)
+    label_of_cluster = np.full(ct.parent_of.size, -1, dtype=np.int64)
+    for number, c in enumerate(selected):
+        label_of_cluster[c - ct.root] = number
+    # clusters are numbered parents-first, so one pass carries each selection down its subtree
+    owner = label_of_cluster.copy()
+    for idx in range(1, ct.parent_of.size):
+        if owner[idx] < 0:
+            owner[idx] = owner[ct.parent_of[idx] - ct.root]
+    labels = np.full(n_points, -1, dtype=np.int64)
+    points = tree[tree["child"] < ct.root]
+    labels[points["child"]] = owner[points["parent"] - ct.root]
+    if selected == [ct.root]:
+        # a single root cluster keeps only points that stay until the root's last split
+        at_root = points["parent"] == ct.root
+        threshold = 1.0 / cluster_selection_epsilon if cluster_selection_epsilon else \
+            tree["lambda_val"][tree["parent"] == ct.root].max()
+        keep = points["lambda_val"] >= threshold
+        labels[points["child"][at_root & ~keep]] = -1
+    return labels
+
+
+def _deaths(tree: np.ndarray, root: int, count: int) -> np.ndarray:
+    """Per cluster, the largest lambda at which one of its direct rows leaves it."""
+    deaths = np.zeros(count)
+    np.maximum.at(deaths, tree["parent"] - root, np.where(np.isfinite(tree["lambda_val"]), tree["lambda_val"], 0.0))
+    has_inf = np.zeros(count, dtype=bool)
+    has_inf[tree["parent"][~np.isfinite(tree["lambda_val"])] - root] = True
+    deaths[has_inf] = np.inf
+    return deaths
+
+
+def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.ndarray) -> np.ndarray:
+    """How long a point stays in its cluster relative to the cluster's longest-lived point."""
+    ct = ClusterTree.from_condensed(tree)
+    deaths = _deaths(tree, ct.root, ct.parent_of.size)
+    probs = np.zeros(labels.size)
+    points = tree[tree["child"] < ct.root]
+    point_labels = labels[points["child"]]
+    member = point_labels >= 0
+    cluster_ids = np.array(selected, dtype=np.int64)[point_labels[member]]
+    max_lambda = deaths[cluster_ids - ct.root]
+    lam = points["lambda_val"][member]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prob = np.where((max_lambda == 0) | ~np.isfinite(lam) | ~np.isfinite(max_lambda),
+                        1.0, np.minimum(lam, max_lambda) / max_lambda)
+    probs[points["child"][member]] = prob
+    return probs
+
+
+def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
+    """GLOSH: 1 - lambda(point) / max lambda reached within the point's cluster's subtree."""
+    ct = ClusterTree.from_condensed(tree)
+    deaths = _deaths(tree, ct.root, ct.parent_of.size)
+    for idx in range(ct.parent_of.size - 1, 0, -1):  # children before parents
+        parent = ct.parent_of[idx] - ct.root
+        deaths[parent] = max(deaths[parent], deaths[idx])
+    scores = np.zeros(n_points)
+    points = tree[tree["child"] < ct.root]
+    lam_max = deaths[points["parent"] - ct.root]
+    lam = points["lambda_val"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores[points["child"]] = np.where((lam_max == 0) | ~np.isfinite(lam) | ~np.isfinite(lam_max),
+                                           0.0, (lam_max - lam) / lam_max)
+    return scores
+
+
+def cluster_persistence(tree: np.ndarray, selected: list[int]) -> np.ndarray:
+    """Per selected cluster: stability / (size * largest finite lambda), in [0, 1] (hdbscan's definition)."""
+    if not selected:
+        return np.zeros(0)
+    ct = ClusterTree.from_condensed(tree)
+    lam = tree["lambda_val"][np.isfinite(tree["lambda_val"])]
+    max_lambda = lam.max() if lam.size and lam.max() > 0 else 1.0
+    idx = np.array(selected) - ct.root
+    return np.minimum(ct.stability[idx] / (ct.size[idx] * max_lambda), 1.0)

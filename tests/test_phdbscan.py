@@ -1,0 +1,222 @@
+"""pHDBSCAN agrees with the hdbscan library, predicts new points, persists, and rejects bad input clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.datasets import make_blobs, make_moons
+from sklearn.metrics import adjusted_rand_score
+
+import hdbscan
+from lakelens.infra.storage import Lake
+from lakelens.operators.hdbscan import PHDBSCAN
+from lakelens.operators.hdbscan.knn import knn_graph, merge_topk, search, build_index
+from lakelens.operators.hdbscan.mst import connect_components, core_distances, knn_edges, minimum_spanning_forest
+from lakelens.operators.hdbscan.tree import condense_tree, select_clusters, single_linkage
+
+
+def _blobs_with_noise(n=3000, dim=2, seed=0):
+    X, _ = make_blobs(n_samples=n, centers=6, n_features=dim, cluster_std=[0.4, 0.8, 1.2, 0.6, 1.6, 1.0],
+                      random_state=seed)
+    noise = np.random.default_rng(seed).uniform(X.min(0) - 2, X.max(0) + 2, size=(n // 15, dim))
+    return np.vstack([X, noise])
+
+
+def _moons(seed=0):
+    X, _ = make_moons(n_samples=2000, noise=0.06, random_state=seed)
+    return X
+
+
+def _high_dim(seed=0):
+    X, _ = make_blobs(n_samples=3000, centers=8, n_features=64, cluster_std=2.5, random_state=seed)
+    return X
+
+
+def _heavy_duplicates(seed=0):
+    rng = np.random.default_rng(seed)
+    base, _ = make_blobs(n_samples=600, centers=4, random_state=seed)
+    return np.vstack([base, base[rng.integers(0, 600, 1400)]])
+
+
+CASES = {
+    "blobs_varying_density_with_noise": (_blobs_with_noise, 25),
+    "moons": (_moons, 20),
+    "64_dimensions": (_high_dim, 30),
+    "heavy_duplicates": (_heavy_duplicates, 30),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_labels_and_outlier_scores_agree_with_hdbscan_on_an_exact_knn_graph(case):
+    make, min_cluster_size = CASES[case]
+    X = make()
+    reference = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, approx_min_span_tree=False).fit(X)
+    ours = PHDBSCAN(min_cluster_size=min_cluster_size, knn_method="exact").fit(X)
+    assert reference.labels_.max() >= 1, "the case must have structure to compare"
+    assert adjusted_rand_score(reference.labels_, ours.labels_) >= 0.95
+    assert spearmanr(reference.outlier_scores_, ours.outlier_scores_).correlation >= 0.9
+
+
+def test_cluster_persistence_matches_hdbscan():
+    X = _blobs_with_noise(seed=3)
+    reference = hdbscan.HDBSCAN(min_cluster_size=25, approx_min_span_tree=False).fit(X)
+    ours = PHDBSCAN(min_cluster_size=25).fit(X)
+    np.testing.assert_allclose(np.sort(ours.cluster_persistence_), np.sort(reference.cluster_persistence_),
+                               atol=5e-3)
+
+
+def _canonical(tree: np.ndarray, n: int) -> list[tuple]:
+    """The condensed tree with clusters named by their smallest member point, so numbering cannot differ."""
+    root = int(tree["parent"].min())
+    smallest = {}
+    for row in sorted(tree, key=lambda r: -r["parent"]):  # children have larger ids than parents
+        child = int(row["child"])
+        value = child if child < n else smallest[child]
+        smallest[int(row["parent"])] = min(smallest.get(int(row["parent"]), n), value)
+    name = lambda c: ("point", c) if c < n else ("cluster", smallest[c])  # noqa: E731
+    return sorted((name(int(r["parent"])), name(int(r["child"])), int(r["child_size"]), float(r["lambda_val"]))
+                  for r in tree if int(r["parent"]) >= root)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_condensed_tree_matches_hdbscan_exactly_on_small_cases(seed):
+    X, _ = make_blobs(n_samples=300, centers=3, cluster_std=[0.5, 1.0, 1.5], random_state=seed)
+    reference = hdbscan.HDBSCAN(min_cluster_size=10, approx_min_span_tree=False).fit(X)
+    ours = PHDBSCAN(min_cluster_size=10, knn_k=len(X)).fit(X)
+    # identical up to how clusters are numbered (which depends on left/right order in the linkage)
+    got = _canonical(ours.condensed_tree_, len(X))
+    expected = _canonical(reference.condensed_tree_._raw_tree, len(X))
+    assert [row[:3] for row in got] == [row[:3] for row in expected]
+    np.testing.assert_allclose([row[3] for row in got], [row[3] for row in expected], rtol=1e-5)
+    assert adjusted_rand_score(reference.labels_, ours.labels_) == 1.0
+
+
+def test_selection_options_match_hdbscan():
+    X = _blobs_with_noise(1500, seed=4)
+    for options in ({"cluster_selection_method": "leaf"}, {"cluster_selection_epsilon": 1.5},
+                    {"min_samples": 5}, {"cluster_selection_method": "leaf", "cluster_selection_epsilon": 0.8}):
+        reference = hdbscan.HDBSCAN(min_cluster_size=20, approx_min_span_tree=False, **options).fit(X)
+        ours = PHDBSCAN(min_cluster_size=20, knn_method="exact", **options).fit(X)
+        assert adjusted_rand_score(reference.labels_, ours.labels_) >= 0.95, options
+
+
+def test_allow_single_cluster_labels_the_root_cluster_like_hdbscan():
+    for X in (make_blobs(n_samples=500, centers=1, random_state=0)[0], _moons(seed=1)):
+        reference = hdbscan.HDBSCAN(min_cluster_size=20, allow_single_cluster=True, approx_min_span_tree=False).fit(X)
+        ours = PHDBSCAN(min_cluster_size=20, allow_single_cluster=True).fit(X)
+        assert adjusted_rand_score(reference.labels_, ours.labels_) >= 0.95
+
+
+def test_same_input_gives_same_labels_including_ties():
+    X = _heavy_duplicates(seed=5)
+    first = PHDBSCAN(min_cluster_size=15).fit(X)
+    second = PHDBSCAN(min_cluster_size=15).fit(X.copy())
+    assert np.array_equal(first.labels_, second.labels_)
+    assert np.array_equal(first.condensed_tree_, second.condensed_tree_)
+
+
+def test_a_disconnected_knn_graph_is_joined_by_the_exact_lightest_mutual_reachability_edges():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.3, (200, 2)), rng.normal(0, 0.3, (200, 2)) + [40, 0],
+                   rng.normal(0, 0.3, (150, 2)) + [0, 25]]).astype(np.float32)
+    graph = knn_graph(X, 8)
+    core = core_distances(graph, 5)
+    a, b, w = minimum_spanning_forest(len(X), *knn_edges(graph, core))
+    assert a.size < len(X) - 1  # three islands
+    a, b, w = connect_components(X, core, a, b, w)
+    assert a.size == len(X) - 1
+    # the exact MST of the complete mutual-reachability graph has the same total weight
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist
+
+    dist = cdist(X.astype(np.float64), X.astype(np.float64))
+    full = np.maximum(np.maximum(core[:, None], core[None, :]), dist)
+    np.fill_diagonal(full, 0)
+    assert w.sum() == pytest.approx(minimum_spanning_tree(full).sum(), rel=1e-9)
+
+
+def test_sharded_topk_merge_equals_one_index_search():
+    X = np.random.default_rng(1).normal(size=(2000, 16)).astype(np.float32)
+    whole = knn_graph(X, 10)
+    parts = []
+    for lo, hi in ((0, 700), (700, 1500), (1500, 2000)):
+        found = search(build_index(X[lo:hi], method="exact", device="cpu"), X[lo:hi], X, 10)
+        parts.append(type(found)(found.distances, found.indices + lo))
+    merged = merge_topk(parts, 10)
+    assert np.array_equal(merged.indices, whole.indices)
+
+
+def test_approximate_predict_puts_training_points_back_in_their_clusters():
+    X = _blobs_with_noise(2000, seed=6)
+    model = PHDBSCAN(min_cluster_size=25).fit(X)
+    members = np.flatnonzero(model.probabilities_ > 0.5)
+    rng = np.random.default_rng(0)
+    jitter = X[members] + rng.normal(0, 1e-3, X[members].shape)
+    labels, probs = model.approximate_predict(jitter)
+    assert (labels == model.labels_[members]).mean() >= 0.97
+    far = np.full((3, 2), 1e4)
+    far_labels, far_probs = model.approximate_predict(far)
+    assert (far_labels == -1).all() and (far_probs == 0).all()
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_a_fitted_model_saves_to_and_loads_from_the_lake(lake):
+    X = _blobs_with_noise(800, seed=7)
+    model = PHDBSCAN(min_cluster_size=20).fit(X)
+    lake.ensure_root()
+    model.save(lake, "models/clusters/v1")
+    loaded = PHDBSCAN.load(lake, "models/clusters/v1")
+    assert np.array_equal(loaded.labels_, model.labels_)
+    probe = X[:50] + 1e-4
+    assert np.array_equal(loaded.approximate_predict(probe)[0], model.approximate_predict(probe)[0])
+
+
+def test_nan_or_inf_rows_give_an_error_naming_the_count():
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    X[[3, 50, 51]] = np.nan
+    X[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"4 rows contain NaN or inf \(first at row 3\)"):
+        PHDBSCAN().fit(X)
+
+
+def test_edge_cases_work_or_fail_clearly():
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(size=(4, 2))
+    assert (PHDBSCAN(min_cluster_size=10).fit(tiny).labels_ == -1).all()  # n < min_cluster_size: all noise
+    assert (PHDBSCAN(min_cluster_size=5).fit(rng.normal(size=(1, 2))).labels_ == -1).all()
+    same = np.ones((50, 3))
+    labels = PHDBSCAN(min_cluster_size=5, allow_single_cluster=True).fit(same).labels_
+    assert len(set(labels)) == 1  # all identical points end up together
+    X = _blobs_with_noise(300, seed=2)
+    big_k = PHDBSCAN(min_cluster_size=10, knn_k=10_000).fit(X)  # k >= n is clamped
+    exact = PHDBSCAN(min_cluster_size=10, knn_k=len(X)).fit(X)
+    assert np.array_equal(big_k.labels_, exact.labels_)
+    as16 = PHDBSCAN(min_cluster_size=10).fit(X.astype(np.float16)).labels_
+    as64 = PHDBSCAN(min_cluster_size=10).fit(X.astype(np.float64)).labels_
+    assert adjusted_rand_score(as16, as64) > 0.9
+    with pytest.raises(ValueError, match="2-d array"):
+        PHDBSCAN().fit(np.zeros(10))
+    with pytest.raises(ValueError, match="min_cluster_size must be >= 2"):
+        PHDBSCAN(min_cluster_size=1).fit(X)
+    with pytest.raises(ValueError, match="cluster_selection_method"):
+        PHDBSCAN(cluster_selection_method="best").fit(X)
+
+
+def test_cosine_metric_clusters_directions():
+    rng = np.random.default_rng(0)
+    directions = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    X = np.vstack([d * rng.uniform(1, 50, (200, 1)) + rng.normal(0, 0.02, (200, 3)) * 50 for d in directions])
+    labels = PHDBSCAN(min_cluster_size=20, metric="cosine").fit(X).labels_
+    truth = np.repeat([0, 1, 2], 200)
+    assert adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_tree_stages_compose_from_pure_functions():
+    X = _blobs_with_noise(400, seed=8).astype(np.float32)
+    graph = knn_graph(X, 16)
+    core = core_distances(graph, 10)
+    a, b, w = connect_components(X, core, *minimum_spanning_forest(len(X), *knn_edges(graph, core)))
+    tree = condense_tree(single_linkage(len(X), a, b, w), 10)
+    assert tree["child_size"][tree["parent"] == tree["parent"].min()].sum() == len(X)
+    assert select_clusters(tree) == sorted(select_clusters(tree))
