@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
-EXACT_MAX_N = 200_000
+# flat search costs n^2 d: beyond this IVF cells (measured in bench/RESULTS.md) win
+EXACT_MAX_N = 20_000
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,13 @@ def build_index(data: np.ndarray, method: str = "auto", device: str = "auto", nl
     if method == "exact":
         index = faiss.IndexFlatL2(dim)
     elif method == "ivf":
-        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = nlist or int(min(max(16, 0.8 * math.sqrt(n)), 4096, n // 39 or 1))
         quantizer = faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
         index.cp.seed = seed
         sample = data if n <= 64 * nlist else data[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         index.train(sample)
-        index.nprobe = nprobe or min(nlist, 16)
+        index.nprobe = nprobe or min(nlist, 16 if n <= 300_000 else 8)
     elif method == "hnsw":
         index = faiss.IndexHNSWFlat(dim, 32)
         index.hnsw.efConstruction = 80
@@ -76,12 +78,25 @@ def search(index, data: np.ndarray, queries: np.ndarray, k: int, batch: int = 16
 
 def exact_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Euclidean distances in float64 for (query row, idx) pairs; missing neighbours (-1) are inf."""
-    missing = idx < 0
-    safe = np.where(missing, 0, idx)
-    diff = data[safe].astype(np.float64) - queries[:, None, :].astype(np.float64)
-    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    dist[missing] = np.inf
-    return dist
+    out = np.empty(idx.shape, dtype=np.float64)
+    _pair_distances(np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(queries, dtype=np.float32),
+                    np.ascontiguousarray(idx, dtype=np.int64), out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _pair_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    for i in prange(idx.shape[0]):
+        for j in range(idx.shape[1]):
+            target = idx[i, j]
+            if target < 0:
+                out[i, j] = np.inf
+                continue
+            total = 0.0
+            for c in range(queries.shape[1]):
+                diff = np.float64(data[target, c]) - np.float64(queries[i, c])
+                total += diff * diff
+            out[i, j] = np.sqrt(total)
 
 
 def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "auto", nprobe: int | None = None,

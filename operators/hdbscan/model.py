@@ -128,7 +128,7 @@ def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph
     timings["knn"] = time.perf_counter() - started
     started = time.perf_counter()
     core = core_distances(graph, samples)
-    a, b, w = minimum_spanning_forest(n, *knn_edges(graph, core))
+    a, b, w = minimum_spanning_forest(n, *knn_edges(graph, core), presorted=True)
     if a.size < n - 1:
         a, b, w = connect_components(data, core, a, b, w)
     timings["mst"] = time.perf_counter() - started

@@ -11,6 +11,8 @@ in single-node and sharded runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -37,13 +39,12 @@ def knn_edges(graph: KnnGraph, core: np.ndarray, rows: np.ndarray | None = None)
     keep = (b >= 0) & (a != b)
     a, b, d = a[keep], b[keep], d[keep]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
+    # the same pair seen from both ends has the same weight: keep one, then order edges
+    _, first = np.unique(lo * np.int64(core.size) + hi, return_index=True)
+    lo, hi, d = lo[first], hi[first], d[first]
     w = np.maximum(np.maximum(core[lo], core[hi]), d)
     order = np.lexsort((hi, lo, w))
-    lo, hi, w = lo[order], hi[order], w[order]
-    first = np.ones(lo.size, dtype=bool)
-    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
-    # the same pair seen from both ends has the same weight, so dropping repeats keeps the order
-    return lo[first], hi[first], w[first]
+    return lo[order], hi[order], w[order]
 
 
 @njit(cache=True)
@@ -78,10 +79,12 @@ def _kruskal(n: int, a: np.ndarray, b: np.ndarray, parent: np.ndarray) -> np.nda
     return chosen[:count]
 
 
-def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Kruskal over edges in edge order; returns the forest's edges (still in edge order)."""
-    order = np.lexsort((b, a, w))
-    a, b, w = a[order], b[order], w[order]
+def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray,
+                            presorted: bool = False) -> tuple[np.ndarray, ...]:
+    """Kruskal in edge order; returns the forest's edges (still in edge order)."""
+    if not presorted:
+        order = np.lexsort((b, a, w))
+        a, b, w = a[order], b[order], w[order]
     chosen = _kruskal(n, a.astype(np.int64), b.astype(np.int64), np.arange(n, dtype=np.int64))
     return a[chosen], b[chosen], w[chosen]
 
@@ -102,30 +105,45 @@ def _all_roots(parent: np.ndarray) -> np.ndarray:
     return out
 
 
-def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
-                       start_k: int = 16, small_component: int = 2048) -> tuple[np.ndarray, ...]:
-    """Add the exact lightest mutual-reachability edges between components until one remains.
+@dataclass(frozen=True)
+class CoarseCells:
+    """k-means cells over the data: centroids, each point's cell, and its distance to the centroid.
 
-    A small component searches one shared index of all points with k = its size + start_k, so
-    it always sees outside points; a large one searches an index of the points outside it.
+    They give cheap lower bounds |m - centroid| - radius on distances to whole cells of points.
     """
+
+    centroids: np.ndarray
+    cell: np.ndarray
+    to_centroid: np.ndarray
+
+    @classmethod
+    def build(cls, data: np.ndarray, seed: int = 0) -> "CoarseCells":
+        import faiss
+
+        n, dim = data.shape
+        count = int(min(256, max(1, n // 64)))
+        kmeans = faiss.Kmeans(dim, count, niter=10, seed=seed, verbose=False)
+        sample = data if n <= 256 * count else data[np.random.default_rng(seed).choice(n, 256 * count, replace=False)]
+        kmeans.train(sample)
+        _, cell = kmeans.index.search(data, 1)
+        cell = cell[:, 0]
+        centroids = kmeans.centroids.astype(np.float64)
+        to_centroid = np.linalg.norm(data.astype(np.float64) - centroids[cell], axis=1)
+        return cls(centroids, cell, to_centroid)
+
+
+def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
+                       start_k: int = 16, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Add the exact lightest mutual-reachability edges between components until one remains (Borůvka)."""
     n = data.shape[0]
     data = np.ascontiguousarray(data, dtype=np.float32)
     labels = component_labels(n, a, b)
+    cells = CoarseCells.build(data, seed) if labels.max() > 0 else None
     while labels.max() > 0:
         sizes = np.bincount(labels)
-        everyone = None
-        best = np.full((sizes.size, 3), np.inf)  # weight, lo, hi per component
-        for comp in range(sizes.size):
-            members = np.flatnonzero(labels == comp)
-            if sizes[comp] <= small_component:
-                everyone = everyone if everyone is not None else build_index(data, method="exact", device="cpu")
-                best[comp] = _lightest_edge_out(data, core, labels, members, everyone, None, sizes[comp] + start_k)
-            else:
-                others = np.flatnonzero(labels != comp)
-                outside = build_index(data[others], method="exact", device="cpu")
-                best[comp] = _lightest_edge_out(data, core, labels, members, outside, others, start_k)
-        # Borůvka: each component's lightest outgoing edge belongs to the spanning tree
+        best = np.array([_lightest_edge_out(data, core, labels, np.flatnonzero(labels == comp), cells, start_k)
+                         for comp in range(sizes.size)])
+        # each component's lightest outgoing edge belongs to the spanning tree
         cand = np.unique(best, axis=0)
         a, b, w = minimum_spanning_forest(
             n, np.concatenate([a, cand[:, 1].astype(np.int64)]), np.concatenate([b, cand[:, 2].astype(np.int64)]),
@@ -135,32 +153,66 @@ def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.
     return a, b, w
 
 
-def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, members: np.ndarray, index,
-                       index_ids: np.ndarray | None, k: int) -> tuple[float, float, float]:
+def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, members: np.ndarray,
+                       cells: CoarseCells, start_k: int) -> tuple[float, float, float]:
     """min over m in members, o outside their component of max(core[m], core[o], |m - o|), with endpoints.
 
-    Members keep searching with doubling k while the k-th distance (a lower bound on every pair
-    not yet seen, as is core[m]) could still beat or tie the best edge found.
+    1. Cell bounds: a member m cannot beat U through cell j if max(core[m], |m - c_j| - r_j) > U,
+       with r_j the radius of the cell's outside points.
+    2. An exact search from the most promising members gives a real edge, hence U.
+    3. Only members and cells that could still tie or beat U are searched exactly, doubling k
+       while the k-th distance (a bound on every unseen pair) could still tie or beat the best.
     """
-    pool = index.ntotal
     own = labels[members[0]]
-    best = (np.inf, np.inf, np.inf)
-    pending = members
-    k = min(k, pool)
-    stored = data if index_ids is None else data[index_ids]
+    outside = labels != own
+    n_cells = cells.centroids.shape[0]
+    radius = np.full(n_cells, -np.inf)
+    np.maximum.at(radius, cells.cell[outside], cells.to_centroid[outside])
+    usable = np.isfinite(radius)
+    points = data[members].astype(np.float64)
+    to_cells = np.sqrt(np.maximum(
+        (points ** 2).sum(1)[:, None] + (cells.centroids ** 2).sum(1)[None, :] - 2 * points @ cells.centroids.T, 0))
+    bound = np.where(usable[None, :], np.maximum(core[members][:, None], to_cells - radius[None, :]), np.inf)
+    member_bound = bound.min(axis=1)
+
+    seeds = np.argsort(member_bound, kind="stable")[:8]
+    first_cells = np.unique(bound[seeds].argmin(axis=1))
+    best = _search_edges(data, core, members[seeds], np.flatnonzero(outside & np.isin(cells.cell, first_cells)),
+                         start_k, (np.inf, np.inf, np.inf))
+    # members grouped by their own cell search only the outside cells the group can still reach
+    home = cells.cell[members]
+    group_bound = np.full(n_cells, np.inf)
+    np.minimum.at(group_bound, home, member_bound)
+    for group in np.argsort(group_bound, kind="stable"):
+        if group_bound[group] > best[0]:
+            break
+        in_group = (home == group) & (member_bound <= best[0])
+        reach = usable & (bound[in_group] <= best[0]).any(axis=0)
+        pool = np.flatnonzero(outside & reach[cells.cell])
+        best = _search_edges(data, core, members[in_group], pool, start_k, best)
+    return best
+
+
+def _search_edges(data: np.ndarray, core: np.ndarray, queries: np.ndarray, pool: np.ndarray, k: int,
+                  best: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Lightest mutual-reachability edge between `queries` and `pool` (exact), improving on `best`."""
+    if queries.size == 0 or pool.size == 0:
+        return best
+    stored = data[pool]
+    index = build_index(stored, method="exact", device="cpu")
+    k = min(k, pool.size)
+    pending = queries
     while pending.size:
         found = search(index, stored, data[pending], k)
-        nbr = found.indices if index_ids is None else index_ids[found.indices]
-        outside = labels[nbr] != own
-        weight = np.where(outside, np.maximum(np.maximum(core[pending][:, None], core[nbr]), found.distances), np.inf)
+        nbr = pool[found.indices]
+        weight = np.maximum(np.maximum(core[pending][:, None], core[nbr]), found.distances)
         lo = np.minimum(pending[:, None], nbr).ravel()
         hi = np.maximum(pending[:, None], nbr).ravel()
         top = np.lexsort((hi, lo, weight.ravel()))[0]
-        if np.isfinite(weight.ravel()[top]):
-            best = min(best, (float(weight.ravel()[top]), float(lo[top]), float(hi[top])))
-        if k >= pool:
+        best = min(best, (float(weight.ravel()[top]), float(lo[top]), float(hi[top])))
+        if k >= pool.size:
             break
-        bound = np.maximum(core[pending], found.distances[:, -1])
-        pending = pending[bound <= best[0]]
-        k = min(2 * k, pool)
+        still = np.maximum(core[pending], found.distances[:, -1]) <= best[0]
+        pending = pending[still]
+        k = min(2 * k, pool.size)
     return best

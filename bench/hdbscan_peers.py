@@ -1,0 +1,119 @@
+"""pHDBSCAN against hdbscan, fast_hdbscan and sklearn's HDBSCAN on the same data and params, in one run.
+
+Each method runs in its own process (peak RSS is per process) with a time limit; a method that
+ran out of time at a smaller size is skipped at larger ones, and the output says so. Quality is
+ARI against the hdbscan labels (when hdbscan ran) and against the planted truth (noise = -1).
+
+    python bench/hdbscan_peers.py --sizes 100000x32 1000000x48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, stamp  # noqa: E402
+
+METHODS = ("phdbscan", "hdbscan", "fast_hdbscan", "sklearn")
+MIN_CLUSTER_SIZE = 50
+
+
+def planted(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs of different spreads plus 3% uniform noise; truth labels with noise = -1."""
+    from sklearn.datasets import make_blobs
+
+    n_noise = n * 3 // 100
+    X, y = make_blobs(n_samples=n - n_noise, centers=20, n_features=dim, cluster_std=np.linspace(0.5, 2.5, 20),
+                      center_box=(-30, 30), random_state=seed)
+    noise = np.random.default_rng(seed).uniform(-40, 40, size=(n_noise, dim))
+    return np.vstack([X, noise]).astype(np.float32), np.concatenate([y, np.full(n_noise, -1)])
+
+
+def run_worker(method: str, data_path: str, labels_path: str) -> None:
+    X = np.load(data_path)
+    began = time.perf_counter()
+    if method == "phdbscan":
+        from lakelens.operators.hdbscan import PHDBSCAN
+
+        labels = PHDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE).fit(X).labels_
+    elif method == "hdbscan":
+        import hdbscan
+
+        labels = hdbscan.HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, core_dist_n_jobs=-1).fit(X).labels_
+    elif method == "fast_hdbscan":
+        import fast_hdbscan
+
+        labels = fast_hdbscan.HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE).fit(X).labels_
+    else:
+        from sklearn.cluster import HDBSCAN
+
+        labels = HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, n_jobs=-1).fit(X).labels_
+    seconds = time.perf_counter() - began
+    np.save(labels_path, labels)
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", nargs="+", default=["100000x32", "1000000x48", "10000000x48"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--limit-s", type=int, default=900)
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "DATA", "LABELS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(*args.worker)
+        return
+    from sklearn.metrics import adjusted_rand_score
+
+    print(f"# hdbscan_peers | {machine()} | {stamp()} | min_cluster_size={MIN_CLUSTER_SIZE}")
+    timed_out: set[str] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            n, dim = (int(v) for v in size.split("x"))
+            X, truth = planted(n, dim)
+            data_path = f"{tmp}/X.npy"
+            np.save(data_path, X)
+            del X
+            results: dict[str, dict] = {}
+            for method in args.methods:
+                if method in timed_out:
+                    print(f"{size} {method:>12}: skipped (over {args.limit_s}s at a smaller size)")
+                    continue
+                labels_path = f"{tmp}/{method}.npy"
+                began = time.perf_counter()
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--worker", method, data_path, labels_path],
+                                         capture_output=True, text=True, timeout=args.limit_s)
+                except subprocess.TimeoutExpired:
+                    timed_out.add(method)
+                    print(f"{size} {method:>12}: skipped (over {args.limit_s}s)")
+                    continue
+                if out.returncode != 0:
+                    print(f"{size} {method:>12}: failed: {out.stderr.strip().splitlines()[-1:]}")
+                    continue
+                stats = json.loads(out.stdout.strip().splitlines()[-1])
+                stats["wall_with_startup"] = time.perf_counter() - began
+                stats["labels"] = np.load(labels_path)
+                results[method] = stats
+            reference = results.get("hdbscan", {}).get("labels")
+            ours = results.get("phdbscan")
+            for method, stats in results.items():
+                ari_ref = adjusted_rand_score(reference, stats["labels"]) if reference is not None else float("nan")
+                ratio = stats["seconds"] / ours["seconds"] if ours else float("nan")
+                print(f"{size} {method:>12}: fit={stats['seconds']:8.1f}s process={stats['wall_with_startup']:8.1f}s "
+                      f"peak_rss={stats['peak_rss_gib']:5.2f}GiB ARI_vs_hdbscan={ari_ref:.4f} "
+                      f"ARI_vs_truth={adjusted_rand_score(truth, stats['labels']):.4f} "
+                      f"time_vs_phdbscan={ratio:6.2f}x clusters={int(stats['labels'].max()) + 1}")
+
+
+if __name__ == "__main__":
+    main()
