@@ -76,6 +76,7 @@ def main() -> None:
 
     print(f"# hdbscan_peers | {machine()} | {stamp()} | min_cluster_size={MIN_CLUSTER_SIZE}")
     timed_out: set[str] = set()
+    last_seconds: dict[str, tuple[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             n, dim = (int(v) for v in size.split("x"))
@@ -88,6 +89,13 @@ def main() -> None:
                 if method in timed_out:
                     print(f"{size} {method:>12}: skipped (over {args.limit_s}s at a smaller size)")
                     continue
+                if method in last_seconds:
+                    prev_n, prev_s = last_seconds[method]
+                    predicted = prev_s * n / prev_n  # at least linear growth
+                    if predicted > args.limit_s:
+                        print(f"{size} {method:>12}: skipped (took {prev_s:.0f}s at n={prev_n:,}; "
+                              f"predicted >= {predicted:.0f}s > {args.limit_s}s)")
+                        continue
                 labels_path = f"{tmp}/{method}.npy"
                 began = time.perf_counter()
                 try:
@@ -104,6 +112,7 @@ def main() -> None:
                 stats["wall_with_startup"] = time.perf_counter() - began
                 stats["labels"] = np.load(labels_path)
                 results[method] = stats
+                last_seconds[method] = (n, stats["seconds"])
             reference = results.get("hdbscan", {}).get("labels")
             ours = results.get("phdbscan")
             for method, stats in results.items():

@@ -220,3 +220,21 @@ def test_tree_stages_compose_from_pure_functions():
     tree = condense_tree(single_linkage(len(X), a, b, w), 10)
     assert tree["child_size"][tree["parent"] == tree["parent"].min()].sum() == len(X)
     assert select_clusters(tree) == sorted(select_clusters(tree))
+
+
+def test_sharded_mode_on_ray_gives_exactly_the_single_node_labels(ray_local):
+    from lakelens.operators.hdbscan import HDBSCANParams, fit_hdbscan, prepare_data
+    from lakelens.operators.hdbscan.sharded import fit_sharded
+
+    X = prepare_data(_blobs_with_noise(3000, dim=8, seed=9))
+    params = HDBSCANParams(min_cluster_size=25, min_samples=10, knn_k=20)
+    graph = knn_graph(X, 20, method="exact")
+    single = fit_hdbscan(X, params, graph=graph)
+    on_same_graph = fit_sharded(X, params, num_shards=3, graph=graph)
+    assert np.array_equal(single.labels, on_same_graph.labels)
+    assert np.array_equal(single.condensed_tree, on_same_graph.condensed_tree)
+    # with its own fan-out kNN search (exact shards, tie-free data) the graph and labels match too
+    end_to_end = fit_sharded(X, HDBSCANParams(min_cluster_size=25, min_samples=10, knn_k=20, knn_method="exact"),
+                             num_shards=4)
+    assert np.array_equal(single.labels, end_to_end.labels)
+    np.testing.assert_allclose(single.outlier_scores, end_to_end.outlier_scores)

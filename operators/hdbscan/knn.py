@@ -101,11 +101,57 @@ def _pair_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray, out:
 
 def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "auto", nprobe: int | None = None,
               seed: int = 0) -> KnnGraph:
-    """The kNN graph of `data` with itself, k including each point."""
+    """The kNN graph of `data` with itself, k including each point.
+
+    `cells` (the default beyond EXACT_MAX_N on CPU) partitions the points with k-means and lets
+    each cell search, by blockwise GEMM, the points of the `nprobe` cells nearest to it;
+    `ivf`/`hnsw` use FAISS's own approximate indexes.
+    """
     data = np.ascontiguousarray(data, dtype=np.float32)
-    k = min(k, data.shape[0])
+    n = data.shape[0]
+    k = min(k, n)
+    if method == "auto":
+        method = "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else "cells")
+    if method == "cells":
+        return cell_knn(data, k, probe=nprobe, seed=seed)
     index = build_index(data, method=method, device=device, nprobe=nprobe, seed=seed)
     return search(index, data, data, k)
+
+
+def _use_gpu(device: str) -> bool:
+    return device == "cuda" or (device == "auto" and gpu_available())
+
+
+def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0) -> KnnGraph:
+    """kNN by k-means cells: each cell's points search the union of the `probe` cells nearest its centroid."""
+    import faiss
+
+    n, dim = data.shape
+    n_cells = max(1, int(round(n / cell_size)))
+    probe = min(n_cells, probe or 6)
+    kmeans = faiss.Kmeans(dim, n_cells, niter=12, seed=seed, verbose=False)
+    sample = data if n <= 128 * n_cells else data[np.random.default_rng(seed).choice(n, 128 * n_cells, replace=False)]
+    kmeans.train(sample)
+    _, cell = kmeans.index.search(data, 1)
+    cell = cell[:, 0]
+    _, near = kmeans.index.search(kmeans.centroids, probe)
+    order = np.argsort(cell, kind="stable")
+    starts = np.searchsorted(cell[order], np.arange(n_cells + 1))
+    distances = np.empty((n, k), dtype=np.float64)
+    indices = np.empty((n, k), dtype=np.int64)
+    for c in range(n_cells):
+        members = order[starts[c]:starts[c + 1]]
+        if members.size == 0:
+            continue
+        pool = np.concatenate([order[starts[j]:starts[j + 1]] for j in near[c] if j >= 0])
+        if pool.size < k:  # tiny neighbourhoods fall back to every point
+            pool = np.arange(n)
+        block = faiss.IndexFlatL2(dim)
+        block.add(data[pool])
+        found = search(block, data[pool], data[members], k)
+        distances[members] = found.distances
+        indices[members] = pool[found.indices]
+    return KnnGraph(distances, indices)
 
 
 def merge_topk(parts: list[KnnGraph], k: int) -> KnnGraph:
