@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/lakelens generate --out $(DEMO_LAKE) --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
 	$(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $(DEMO_DATE)
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT run_id, job, partition, status, committed_at FROM runs"
-	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT n_events, count(*) AS sequences, round(avg(CASE WHEN truncated THEN 1 ELSE 0 END), 3) AS truncated_share FROM sequences GROUP BY ALL ORDER BY n_events LIMIT 12"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT event_type, count(*) AS in_last_3_events_before_a_transaction FROM (SELECT unnest(event_types[-3:]) AS event_type FROM sequences) GROUP BY ALL ORDER BY 2 DESC LIMIT 10"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT t.status, count(*) AS txns, round(avg(s.n_events), 1) AS avg_events FROM sequences s JOIN transactions t USING (transaction_id) GROUP BY ALL"
 
 test: setup

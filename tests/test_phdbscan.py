@@ -12,7 +12,13 @@ import hdbscan
 from lakelens.infra.storage import Lake
 from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.hdbscan.knn import knn_graph, merge_topk, search, build_index
-from lakelens.operators.hdbscan.mst import connect_components, core_distances, knn_edges, minimum_spanning_forest
+from lakelens.operators.hdbscan.mst import (
+    JoinReport,
+    connect_components,
+    core_distances,
+    knn_edges,
+    minimum_spanning_forest,
+)
 from lakelens.operators.hdbscan.tree import condense_tree, select_clusters, single_linkage
 
 
@@ -124,8 +130,9 @@ def test_a_disconnected_knn_graph_is_joined_by_the_exact_lightest_mutual_reachab
     core = core_distances(graph, 5)
     a, b, w = minimum_spanning_forest(len(X), *knn_edges(graph, core))
     assert a.size < len(X) - 1  # three islands
-    a, b, w = connect_components(X, core, a, b, w)
-    assert a.size == len(X) - 1
+    report = JoinReport()
+    a, b, w = connect_components(X, core, a, b, w, report=report)
+    assert a.size == len(X) - 1 and report.exact and report.components == 3
     # the exact MST of the complete mutual-reachability graph has the same total weight
     from scipy.sparse.csgraph import minimum_spanning_tree
     from scipy.spatial.distance import cdist

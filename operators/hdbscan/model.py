@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lakelens.operators.hdbscan import knn as knn_mod
-from lakelens.operators.hdbscan.mst import connect_components, core_distances, knn_edges, minimum_spanning_forest
+from lakelens.operators.hdbscan.mst import (
+    JoinReport,
+    connect_components,
+    core_distances,
+    knn_edges,
+    minimum_spanning_forest,
+)
 from lakelens.operators.hdbscan.tree import (
     CONDENSED_DTYPE,
     ClusterTree,
@@ -41,6 +47,8 @@ class HDBSCANParams:
     device: str = "auto"  # cpu, cuda or auto
     nprobe: int | None = None
     seed: int = 0
+    # distance evaluations allowed per component join before it stops certifying exactness
+    join_pair_budget: float = 5e7
 
     @property
     def samples(self) -> int:
@@ -68,6 +76,7 @@ class HDBSCANResult:
     cluster_persistence: np.ndarray
     core_distances: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    joins: JoinReport = field(default_factory=JoinReport)  # how kNN-graph components were joined
 
 
 def prepare_data(X, metric: str = "euclidean") -> np.ndarray:
@@ -129,13 +138,16 @@ def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph
     started = time.perf_counter()
     core = core_distances(graph, samples)
     a, b, w = minimum_spanning_forest(n, *knn_edges(graph, core), presorted=True)
+    joins = JoinReport()
     if a.size < n - 1:
-        a, b, w = connect_components(data, core, a, b, w)
+        a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
+                                     report=joins)
     timings["mst"] = time.perf_counter() - started
     started = time.perf_counter()
     result = hdbscan_from_mst(n, a, b, w, core, params)
     timings["tree"] = time.perf_counter() - started
     result.timings = timings
+    result.joins = joins
     return result
 
 
@@ -150,10 +162,11 @@ class PHDBSCAN:
     def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None,
                  cluster_selection_method: str = "eom", cluster_selection_epsilon: float = 0.0,
                  allow_single_cluster: bool = False, metric: str = "euclidean", knn_k: int | None = None,
-                 knn_method: str = "auto", device: str = "auto", nprobe: int | None = None, seed: int = 0) -> None:
+                 knn_method: str = "auto", device: str = "auto", nprobe: int | None = None, seed: int = 0,
+                 join_pair_budget: float = 5e7) -> None:
         self.params = HDBSCANParams(min_cluster_size, min_samples, cluster_selection_method,
                                     cluster_selection_epsilon, allow_single_cluster, metric, knn_k, knn_method,
-                                    device, nprobe, seed)
+                                    device, nprobe, seed, join_pair_budget)
 
     def fit(self, X, graph: knn_mod.KnnGraph | None = None) -> "PHDBSCAN":
         data = prepare_data(X, self.params.metric)

@@ -30,21 +30,45 @@ def core_distances(graph: KnnGraph, min_samples: int) -> np.ndarray:
 def knn_edges(graph: KnnGraph, core: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Undirected mutual-reachability edges (a < b) of the kNN graph, deduplicated, in edge order.
 
-    `rows` restricts to the graph rows given (global point ids), as one shard does.
+    `rows` gives the global point ids of the graph's rows, as one shard does; a row's edges are
+    dropped when the other end lists it too and owns the edge (smaller id), so shards agree.
     """
-    sources = np.arange(graph.indices.shape[0]) if rows is None else rows
-    a = np.repeat(sources, graph.indices.shape[1])
-    b = graph.indices.reshape(-1)
-    d = graph.distances.reshape(-1)
-    keep = (b >= 0) & (a != b)
-    a, b, d = a[keep], b[keep], d[keep]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    # the same pair seen from both ends has the same weight: keep one, then order edges
-    _, first = np.unique(lo * np.int64(core.size) + hi, return_index=True)
-    lo, hi, d = lo[first], hi[first], d[first]
+    sources = np.arange(graph.indices.shape[0], dtype=np.int64) if rows is None else rows.astype(np.int64)
+    full = graph.indices if rows is None else None
+    lo, hi, d = _unique_pairs(sources, graph.indices, graph.distances,
+                              full if full is not None else np.empty((0, 0), np.int64))
     w = np.maximum(np.maximum(core[lo], core[hi]), d)
     order = np.lexsort((hi, lo, w))
     return lo[order], hi[order], w[order]
+
+
+@njit(cache=True)
+def _unique_pairs(sources: np.ndarray, indices: np.ndarray, distances: np.ndarray, full: np.ndarray):
+    """Each undirected pair once. With the full graph, (a, b) seen from a > b is skipped when b lists a."""
+    n_rows, k = indices.shape
+    lo = np.empty(n_rows * k, dtype=np.int64)
+    hi = np.empty(n_rows * k, dtype=np.int64)
+    d = np.empty(n_rows * k, dtype=np.float64)
+    count = 0
+    for r in range(n_rows):
+        a = sources[r]
+        for j in range(k):
+            b = indices[r, j]
+            if b < 0 or b == a:
+                continue
+            if a > b and full.shape[0] > 0:
+                listed = False
+                for t in range(k):
+                    if full[b, t] == a:
+                        listed = True
+                        break
+                if listed:
+                    continue
+            lo[count] = min(a, b)
+            hi[count] = max(a, b)
+            d[count] = distances[r, j]
+            count += 1
+    return lo[:count], hi[:count], d[:count]
 
 
 @njit(cache=True)
@@ -132,17 +156,45 @@ class CoarseCells:
         return cls(centroids, cell, to_centroid)
 
 
+@dataclass
+class JoinReport:
+    """How the components were joined: rounds, and how many joins were certified exact."""
+
+    components: int = 1
+    rounds: int = 0
+    certified: int = 0
+    budgeted: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.budgeted == 0
+
+
 def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
-                       start_k: int = 16, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Add the exact lightest mutual-reachability edges between components until one remains (Borůvka)."""
+                       start_k: int = 16, seed: int = 0, pair_budget: float = 5e7,
+                       report: JoinReport | None = None) -> tuple[np.ndarray, ...]:
+    """Add the lightest mutual-reachability edges between components until one remains (Borůvka).
+
+    A join is exact and certified while its candidate search (members that could still win x
+    the outside points they could reach) stays under `pair_budget` distance evaluations; past
+    that, the members with the best cell bounds are searched within the budget and the join is
+    counted as budgeted in `report`.
+    """
     n = data.shape[0]
     data = np.ascontiguousarray(data, dtype=np.float32)
     labels = component_labels(n, a, b)
+    report = report if report is not None else JoinReport()
+    report.components = int(labels.max()) + 1
     cells = CoarseCells.build(data, seed) if labels.max() > 0 else None
     while labels.max() > 0:
         sizes = np.bincount(labels)
-        best = np.array([_lightest_edge_out(data, core, labels, np.flatnonzero(labels == comp), cells, start_k)
-                         for comp in range(sizes.size)])
+        report.rounds += 1
+        outcomes = [_lightest_edge_out(data, core, labels, np.flatnonzero(labels == comp), cells, start_k, pair_budget)
+                    for comp in range(sizes.size)]
+        best = np.array([edge for edge, _ in outcomes])
+        certified = sum(exact for _, exact in outcomes)
+        report.certified += certified
+        report.budgeted += len(outcomes) - certified
         # each component's lightest outgoing edge belongs to the spanning tree
         cand = np.unique(best, axis=0)
         a, b, w = minimum_spanning_forest(
@@ -154,7 +206,7 @@ def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.
 
 
 def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, members: np.ndarray,
-                       cells: CoarseCells, start_k: int) -> tuple[float, float, float]:
+                       cells: CoarseCells, start_k: int, pair_budget: float) -> tuple[tuple[float, float, float], bool]:
     """min over m in members, o outside their component of max(core[m], core[o], |m - o|), with endpoints.
 
     1. Cell bounds: a member m cannot beat U through cell j if max(core[m], |m - c_j| - r_j) > U,
@@ -179,18 +231,37 @@ def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, m
     first_cells = np.unique(bound[seeds].argmin(axis=1))
     best = _search_edges(data, core, members[seeds], np.flatnonzero(outside & np.isin(cells.cell, first_cells)),
                          start_k, (np.inf, np.inf, np.inf))
+    if not np.isfinite(best[0]):  # the seeds' cells held no outside point: widen to everything outside
+        best = _search_edges(data, core, members[seeds], np.flatnonzero(outside), start_k, best)
     # members grouped by their own cell search only the outside cells the group can still reach
     home = cells.cell[members]
     group_bound = np.full(n_cells, np.inf)
     np.minimum.at(group_bound, home, member_bound)
+    outside_per_cell = np.bincount(cells.cell[outside], minlength=n_cells)
+    spent, exact = 0.0, True
     for group in np.argsort(group_bound, kind="stable"):
         if group_bound[group] > best[0]:
             break
-        in_group = (home == group) & (member_bound <= best[0])
+        in_group = np.flatnonzero((home == group) & (member_bound <= best[0]))
         reach = usable & (bound[in_group] <= best[0]).any(axis=0)
+        cost = float(in_group.size) * float(outside_per_cell[reach].sum())
+        if spent + cost > pair_budget:
+            # over budget: the group's most promising members against their own best cells only
+            exact = False
+            room = max(pair_budget - spent, 0.0)
+            keep = in_group[np.argsort(member_bound[in_group], kind="stable")]
+            nearest = np.argsort(bound[keep[:1]][0])[:4]
+            reach = np.zeros(n_cells, dtype=bool)
+            reach[nearest] = usable[nearest]
+            per_member = max(float(outside_per_cell[reach].sum()), 1.0)
+            in_group = keep[: max(1, int(room / per_member))]
+            if room <= 0:
+                break
+            cost = float(in_group.size) * per_member
         pool = np.flatnonzero(outside & reach[cells.cell])
         best = _search_edges(data, core, members[in_group], pool, start_k, best)
-    return best
+        spent += cost
+    return best, exact
 
 
 def _search_edges(data: np.ndarray, core: np.ndarray, queries: np.ndarray, pool: np.ndarray, k: int,

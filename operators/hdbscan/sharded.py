@@ -18,6 +18,7 @@ import numpy as np
 from lakelens.operators.hdbscan.knn import KnnGraph, build_index, merge_topk, search
 from lakelens.operators.hdbscan.model import HDBSCANParams, HDBSCANResult, fit_hdbscan, hdbscan_from_mst
 from lakelens.operators.hdbscan.mst import (
+    JoinReport,
     connect_components,
     core_distances,
     knn_edges,
@@ -80,6 +81,10 @@ def fit_sharded(data: np.ndarray, params: HDBSCANParams, num_shards: int, graph:
         for s in shards:
             ray.kill(s)
     a, b, w = minimum_spanning_forest(n, *(np.concatenate(parts) for parts in zip(*forests)))
+    joins = JoinReport()
     if a.size < n - 1:
-        a, b, w = connect_components(data, core, a, b, w)
-    return hdbscan_from_mst(n, a, b, w, core, params)
+        a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
+                                     report=joins)
+    result = hdbscan_from_mst(n, a, b, w, core, params)
+    result.joins = joins
+    return result
