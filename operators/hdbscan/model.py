@@ -23,13 +23,14 @@ from lakelens.operators.hdbscan.mst import (
 from lakelens.operators.hdbscan.tree import (
     CONDENSED_DTYPE,
     ClusterTree,
-    _deaths,
+    cluster_deaths,
     cluster_persistence,
     condense_tree,
     glosh_scores,
     label_points,
     membership_probabilities,
     select_clusters,
+    selected_owner,
     single_linkage,
 )
 
@@ -206,16 +207,11 @@ class PHDBSCAN:
         if tree.size == 0:
             return np.full(points.shape[0], -1), np.zeros(points.shape[0])
         ct = ClusterTree.from_condensed(tree)
-        owner = np.full(ct.parent_of.size, -1, dtype=np.int64)
-        for number, c in enumerate(result.selected_clusters):
-            owner[c - ct.root] = number
-        for idx in range(1, ct.parent_of.size):
-            if owner[idx] < 0:
-                owner[idx] = owner[ct.parent_of[idx] - ct.root]
+        owner = selected_owner(ct, result.selected_clusters)
         point_rows = tree[tree["child"] < ct.root]
         leaves_from = np.empty(n_train, dtype=np.int64)
         leaves_from[point_rows["child"]] = point_rows["parent"]
-        deaths = _deaths(tree, ct.root, ct.parent_of.size)
+        deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
         labels = np.full(points.shape[0], -1, dtype=np.int64)
         probs = np.zeros(points.shape[0])
         for i in range(points.shape[0]):

@@ -235,18 +235,23 @@ def _epsilon_search(ct: ClusterTree, clusters: list[int], epsilon: float, allow_
     return sorted(set(chosen))
 
 
+def selected_owner(ct: ClusterTree, selected: list[int]) -> np.ndarray:
+    """Per cluster (indexed by id - root): the label of its selected ancestor-or-self, or -1."""
+    owner = np.full(ct.parent_of.size, -1, dtype=np.int64)
+    for number, c in enumerate(selected):
+        owner[c - ct.root] = number
+    # clusters are numbered parents-first, so one pass carries each selection down its subtree
+    for idx in range(1, ct.parent_of.size):
+        if owner[idx] < 0:
+            owner[idx] = owner[ct.parent_of[idx] - ct.root]
+    return owner
+
+
 def label_points(tree: np.ndarray, selected: list[int], n_points: int, allow_single_cluster: bool = False,
                  cluster_selection_epsilon: float = 0.0) -> np.ndarray:
     """-1 for noise, else the index of the point's selected ancestor cluster in `selected`."""
     ct = ClusterTree.from_condensed(tree)
-    label_of_cluster = np.full(ct.parent_of.size, -1, dtype=np.int64)
-    for number, c in enumerate(selected):
-        label_of_cluster[c - ct.root] = number
-    # clusters are numbered parents-first, so one pass carries each selection down its subtree
-    owner = label_of_cluster.copy()
-    for idx in range(1, ct.parent_of.size):
-        if owner[idx] < 0:
-            owner[idx] = owner[ct.parent_of[idx] - ct.root]
+    owner = selected_owner(ct, selected)
     labels = np.full(n_points, -1, dtype=np.int64)
     points = tree[tree["child"] < ct.root]
     labels[points["child"]] = owner[points["parent"] - ct.root]
@@ -260,7 +265,7 @@ def label_points(tree: np.ndarray, selected: list[int], n_points: int, allow_sin
     return labels
 
 
-def _deaths(tree: np.ndarray, root: int, count: int) -> np.ndarray:
+def cluster_deaths(tree: np.ndarray, root: int, count: int) -> np.ndarray:
     """Per cluster, the largest lambda at which one of its direct rows leaves it."""
     deaths = np.zeros(count)
     np.maximum.at(deaths, tree["parent"] - root, np.where(np.isfinite(tree["lambda_val"]), tree["lambda_val"], 0.0))
@@ -273,7 +278,7 @@ def _deaths(tree: np.ndarray, root: int, count: int) -> np.ndarray:
 def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.ndarray) -> np.ndarray:
     """How long a point stays in its cluster relative to the cluster's longest-lived point."""
     ct = ClusterTree.from_condensed(tree)
-    deaths = _deaths(tree, ct.root, ct.parent_of.size)
+    deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
     probs = np.zeros(labels.size)
     points = tree[tree["child"] < ct.root]
     point_labels = labels[points["child"]]
@@ -291,7 +296,7 @@ def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.n
 def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
     """GLOSH: 1 - lambda(point) / max lambda reached within the point's cluster's subtree."""
     ct = ClusterTree.from_condensed(tree)
-    deaths = _deaths(tree, ct.root, ct.parent_of.size)
+    deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
     for idx in range(ct.parent_of.size - 1, 0, -1):  # children before parents
         parent = ct.parent_of[idx] - ct.root
         deaths[parent] = max(deaths[parent], deaths[idx])
