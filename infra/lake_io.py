@@ -19,7 +19,6 @@ from lakelens.infra.contracts import (
     split_duplicates,
 )
 from lakelens.infra.runs import InputFile, Run
-from lakelens.infra.storage import Lake
 
 
 class ValidatingReader:

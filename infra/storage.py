@@ -186,7 +186,7 @@ class Lake:
         if self.scheme == "s3":
             _load_httpfs(con)
             cfg = self.storage
-            options = [f"TYPE s3", f"REGION '{cfg.region}'", "URL_STYLE 'path'"]
+            options = ["TYPE s3", f"REGION '{cfg.region}'", "URL_STYLE 'path'"]
             if cfg.access_key_id:
                 options += [f"KEY_ID '{cfg.access_key_id}'", f"SECRET '{cfg.secret_access_key}'"]
             if cfg.endpoint_url:

@@ -8,14 +8,9 @@ import sys
 from datetime import date
 from typing import Sequence
 
-from lakelens.infra.config import LakelensConfig, StorageConfig
+from lakelens.infra.config import LakelensConfig
 from lakelens.infra.contracts import UnreadableInputError
 from lakelens.infra.storage import Lake
-
-
-def _lake(args: argparse.Namespace, config: LakelensConfig | None = None) -> Lake:
-    storage = config.storage if config else StorageConfig()
-    return Lake(args.lake if hasattr(args, "lake") else args.out, storage)
 
 
 def _config(args: argparse.Namespace) -> LakelensConfig:
@@ -43,7 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    lake = _lake(args, config)
+    lake = Lake(args.lake, config.storage)
     if args.job == "build-sequences":
         from lakelens.pipelines.build_sequences import run_build_sequences
 
@@ -58,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from lakelens.infra.catalog import open_catalog
 
-    con = open_catalog(_lake(args, _config(args)))
+    con = open_catalog(Lake(args.lake, _config(args).storage))
     if args.command:
         con.sql(args.command).show(max_width=200, max_rows=args.max_rows)
         return 0

@@ -260,7 +260,6 @@ def generate_chunk(params: WorldParams, chunk: int, n_users: int) -> dict[str, p
     """Users [chunk*chunk_users, +n_users): their events, transactions and the ground truth."""
     rng = np.random.default_rng([params.seed, chunk])
     first_user = chunk * params.chunk_users
-    user_idx = np.arange(first_user, first_user + n_users)
 
     # -- who is who --
     legit_shares = np.array([PROFILES[a].share for a in LEGIT_ARCHETYPES])

@@ -9,7 +9,6 @@ from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
 import hdbscan
-from lakelens.infra.storage import Lake
 from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.hdbscan.knn import knn_graph, merge_topk, search, build_index
 from lakelens.operators.hdbscan.mst import (

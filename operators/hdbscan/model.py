@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
