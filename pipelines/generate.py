@@ -7,6 +7,7 @@ partition; rows inside a file are shuffled, so arrival order is not time order.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +39,8 @@ def generate_world(
     if workers == 1:
         results = map(_write_chunk, jobs)
     else:
-        pool = ProcessPoolExecutor(workers)
+        # spawn, not fork: the caller may already run threads (Ray, BLAS) that fork would copy mid-flight
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         results = pool.map(_write_chunk, jobs)
     for done, counts in enumerate(results, start=1):
         for key, value in counts.items():
