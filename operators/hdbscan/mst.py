@@ -38,8 +38,13 @@ def knn_edges(graph: KnnGraph, core: np.ndarray, rows: np.ndarray | None = None)
     lo, hi, d = _unique_pairs(sources, graph.indices, graph.distances,
                               full if full is not None else np.empty((0, 0), np.int64))
     w = np.maximum(np.maximum(core[lo], core[hi]), d)
-    order = np.lexsort((hi, lo, w))
+    order = edge_order(lo, hi, w, core.size)
     return lo[order], hi[order], w[order]
+
+
+def edge_order(lo: np.ndarray, hi: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """Permutation into edge order (weight, min endpoint, max endpoint); lo <= hi, ids < n."""
+    return np.lexsort((lo.astype(np.int64) * np.int64(n) + hi, w))
 
 
 @njit(cache=True)
@@ -107,7 +112,7 @@ def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray,
                             presorted: bool = False) -> tuple[np.ndarray, ...]:
     """Kruskal in edge order; returns the forest's edges (still in edge order)."""
     if not presorted:
-        order = np.lexsort((b, a, w))
+        order = edge_order(np.minimum(a, b), np.maximum(a, b), w, n)
         a, b, w = a[order], b[order], w[order]
     chosen = _kruskal(n, a.astype(np.int64), b.astype(np.int64), np.arange(n, dtype=np.int64))
     return a[chosen], b[chosen], w[chosen]

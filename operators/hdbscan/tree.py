@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from lakelens.operators.hdbscan.mst import edge_order
+
 CONDENSED_DTYPE = np.dtype([("parent", np.int64), ("child", np.int64), ("lambda_val", np.float64),
                             ("child_size", np.int64)])
 
@@ -53,7 +55,7 @@ def _single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.n
 
 
 def single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-    order = np.lexsort((b, a, w))
+    order = edge_order(np.minimum(a, b), np.maximum(a, b), w, n)
     return _single_linkage(n, a[order].astype(np.int64), b[order].astype(np.int64), w[order].astype(np.float64))
 
 
