@@ -18,7 +18,15 @@ def init_ray(config: RayConfig | None = None) -> None:
         address = config.address or os.environ.get("RAY_ADDRESS")
         common = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address:
-            ray.init(address=address, **common)
+            try:
+                ray.init(address=address, **common)
+            except Exception as exc:  # Ray raises several types here; the auth case needs a plain answer
+                if "InvalidAuthToken" in str(exc) or "AuthenticationError" in type(exc).__name__:
+                    raise ConnectionError(
+                        f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
+                        "(the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)"
+                    ) from exc
+                raise
         else:
             ray.init(num_cpus=config.num_cpus, include_dashboard=False, **common)
     context = DataContext.get_current()

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnreadableInputError as exc:
         print(f"lakelens: error: {exc}", file=sys.stderr)
         code = 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
         print(f"lakelens: error: {exc}", file=sys.stderr)
         code = 2
     except Exception as exc:  # Ray wraps task errors; surface the cause named by our own error types
