@@ -58,19 +58,15 @@ class ValidatingReader:
                 for number, raw in enumerate(batches):
                     checked = self.contract.validate(pa.Table.from_batches([raw]), source, first_row, keep_extra=False)
                     self.run.write_quarantine(self.contract.name, checked.quarantined, f"{part}-{number:05d}")
-                    rows = checked.valid
-                    if SOURCE_ROW not in rows.column_names:
-                        positions = checked.valid_positions + first_row
-                        rows = rows.append_column(SOURCE_FILE, pa.array([source] * rows.num_rows, pa.string()))
-                        rows = rows.append_column(SOURCE_ROW, pa.array(positions, pa.int64()))
+                    sources = pa.array([source] * checked.valid.num_rows, pa.string())
+                    rows = checked.valid.append_column(SOURCE_FILE, sources).append_column(
+                        SOURCE_ROW, pa.array(checked.valid_positions + first_row, pa.int64()))
                     first_row += raw.num_rows
                     rows = self._filter(rows, keep_users)
                     if self.columns:
                         rows = rows.select(self.columns + [SOURCE_FILE, SOURCE_ROW])
                     if rows.num_rows:
                         yield rows
-            except UnreadableInputError:
-                raise
             except (OSError, pa.ArrowException) as exc:
                 raise UnreadableInputError(source, exc) from exc
 

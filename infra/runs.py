@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import lakelens
-from lakelens.infra.contracts import QUARANTINE_SCHEMA
+from lakelens.infra.contracts import QUARANTINE_SCHEMA, UnreadableInputError
 from lakelens.infra.storage import Lake
 
 COMMITS = "_commits"
@@ -61,8 +61,6 @@ def code_version() -> str:
 
 def describe_inputs(lake: Lake, table: str, rel_dirs: list[str]) -> list[InputFile]:
     """List input Parquet files with their row counts (from footers). An unreadable footer names its file."""
-    from lakelens.infra.contracts import UnreadableInputError
-
     files: list[InputFile] = []
     for rel_dir in rel_dirs:
         for entry in lake.list_files(rel_dir, suffix=".parquet"):

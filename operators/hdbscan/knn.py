@@ -69,11 +69,15 @@ def search(index, data: np.ndarray, queries: np.ndarray, k: int, batch: int = 16
     for lo in range(0, n_q, batch):
         hi = min(n_q, lo + batch)
         _, idx = index.search(np.ascontiguousarray(queries[lo:hi], dtype=np.float32), int(k))
-        dist = exact_distances(data, queries[lo:hi], idx)
-        order = np.lexsort((idx, dist), axis=-1)
-        distances[lo:hi] = np.take_along_axis(dist, order, axis=1)
-        indices[lo:hi] = np.take_along_axis(idx, order, axis=1)
+        ordered = _ordered_rows(exact_distances(data, queries[lo:hi], idx), idx, k)
+        distances[lo:hi], indices[lo:hi] = ordered.distances, ordered.indices
     return KnnGraph(distances, indices)
+
+
+def _ordered_rows(distances: np.ndarray, indices: np.ndarray, k: int) -> KnnGraph:
+    """Each row's first k entries by (distance, index): the one tie order used everywhere."""
+    order = np.lexsort((indices, distances), axis=-1)[:, :k]
+    return KnnGraph(np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1))
 
 
 def exact_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -156,7 +160,5 @@ def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None 
 
 def merge_topk(parts: list[KnnGraph], k: int) -> KnnGraph:
     """Merge per-shard top-k results (indices already global) into the global top-k, ties by index."""
-    distances = np.concatenate([p.distances for p in parts], axis=1)
-    indices = np.concatenate([p.indices for p in parts], axis=1)
-    order = np.lexsort((indices, distances), axis=-1)[:, :k]
-    return KnnGraph(np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1))
+    return _ordered_rows(np.concatenate([p.distances for p in parts], axis=1),
+                         np.concatenate([p.indices for p in parts], axis=1), k)

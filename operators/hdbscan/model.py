@@ -104,17 +104,18 @@ def hdbscan_from_mst(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, core: 
     """Everything after the spanning tree; pure and shared by single-node and sharded fits."""
     linkage = single_linkage(n, a, b, w)
     tree = condense_tree(linkage, params.min_cluster_size)
+    ct = ClusterTree.from_condensed(tree)  # derived once, read by every step below
     selected = select_clusters(tree, params.cluster_selection_method, params.allow_single_cluster,
-                               params.cluster_selection_epsilon)
-    labels = label_points(tree, selected, n, params.allow_single_cluster, params.cluster_selection_epsilon)
+                               params.cluster_selection_epsilon, ct=ct)
+    labels = label_points(tree, selected, n, params.allow_single_cluster, params.cluster_selection_epsilon, ct=ct)
     return HDBSCANResult(
         labels=labels,
-        probabilities=membership_probabilities(tree, selected, labels),
-        outlier_scores=glosh_scores(tree, n),
+        probabilities=membership_probabilities(tree, selected, labels, ct=ct),
+        outlier_scores=glosh_scores(tree, n, ct=ct),
         condensed_tree=tree,
         single_linkage=linkage,
         selected_clusters=selected,
-        cluster_persistence=cluster_persistence(tree, selected),
+        cluster_persistence=cluster_persistence(tree, selected, ct=ct),
         core_distances=core,
     )
 

@@ -121,8 +121,7 @@ def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray,
 def component_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     parent = np.arange(n, dtype=np.int64)
     _kruskal(n, a.astype(np.int64), b.astype(np.int64), parent)
-    roots = np.array([_find(parent, i) for i in range(n)]) if n < 1000 else _all_roots(parent)
-    _, labels = np.unique(roots, return_inverse=True)
+    _, labels = np.unique(_all_roots(parent), return_inverse=True)
     return labels
 
 

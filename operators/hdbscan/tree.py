@@ -174,11 +174,11 @@ class ClusterTree:
 
 
 def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster: bool = False,
-                    cluster_selection_epsilon: float = 0.0) -> list[int]:
+                    cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None) -> list[int]:
     """Ids of the selected clusters, ascending."""
     if method not in ("eom", "leaf"):
         raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {method!r}")
-    ct = ClusterTree.from_condensed(tree)
+    ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     n_clusters = ct.parent_of.size
     ids = np.arange(n_clusters) + ct.root
     if method == "eom":
@@ -250,9 +250,9 @@ def selected_owner(ct: ClusterTree, selected: list[int]) -> np.ndarray:
 
 
 def label_points(tree: np.ndarray, selected: list[int], n_points: int, allow_single_cluster: bool = False,
-                 cluster_selection_epsilon: float = 0.0) -> np.ndarray:
+                 cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None) -> np.ndarray:
     """-1 for noise, else the index of the point's selected ancestor cluster in `selected`."""
-    ct = ClusterTree.from_condensed(tree)
+    ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     owner = selected_owner(ct, selected)
     labels = np.full(n_points, -1, dtype=np.int64)
     points = tree[tree["child"] < ct.root]
@@ -277,9 +277,10 @@ def cluster_deaths(tree: np.ndarray, root: int, count: int) -> np.ndarray:
     return deaths
 
 
-def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.ndarray) -> np.ndarray:
+def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.ndarray,
+                             ct: ClusterTree | None = None) -> np.ndarray:
     """How long a point stays in its cluster relative to the cluster's longest-lived point."""
-    ct = ClusterTree.from_condensed(tree)
+    ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
     probs = np.zeros(labels.size)
     points = tree[tree["child"] < ct.root]
@@ -295,9 +296,9 @@ def membership_probabilities(tree: np.ndarray, selected: list[int], labels: np.n
     return probs
 
 
-def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
+def glosh_scores(tree: np.ndarray, n_points: int, ct: ClusterTree | None = None) -> np.ndarray:
     """GLOSH: 1 - lambda(point) / max lambda reached within the point's cluster's subtree."""
-    ct = ClusterTree.from_condensed(tree)
+    ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
     for idx in range(ct.parent_of.size - 1, 0, -1):  # children before parents
         parent = ct.parent_of[idx] - ct.root
@@ -312,11 +313,11 @@ def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
     return scores
 
 
-def cluster_persistence(tree: np.ndarray, selected: list[int]) -> np.ndarray:
+def cluster_persistence(tree: np.ndarray, selected: list[int], ct: ClusterTree | None = None) -> np.ndarray:
     """Per selected cluster: stability / (size * largest finite lambda), in [0, 1] (hdbscan's definition)."""
     if not selected:
         return np.zeros(0)
-    ct = ClusterTree.from_condensed(tree)
+    ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     lam = tree["lambda_val"][np.isfinite(tree["lambda_val"])]
     max_lambda = lam.max() if lam.size and lam.max() > 0 else 1.0
     idx = np.array(selected) - ct.root
