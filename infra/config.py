@@ -39,6 +39,9 @@ class RayConfig:
     # Ray Data's hash shuffle starts aggregator actors per run, which costs more than the
     # shuffle itself for daily partitions on small clusters; "hash_shuffle" suits very wide ones.
     shuffle_strategy: str = "sort_shuffle_pull_based"
+    # Python log level inside Ray workers. Without the dashboard, Ray Train's placement-group
+    # cleaner warns every second that it cannot query actor state; job errors still show.
+    worker_log_level: str = "ERROR"
 
 
 @dataclass
@@ -52,10 +55,43 @@ class SequenceConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """Training and serving of the behaviour-sequence encoder (`train-encoder`, `embed`)."""
+
+    model_name: str = "behavior-encoder"
+    architecture: str = "bilstm-32"  # a name in operators.encoder.model.ARCHITECTURES
+    max_len: int = 64  # events per sequence the encoder reads (the latest ones)
+    # the training sample: at most this many sequences, picked by a hash of transaction_id
+    max_train_sequences: int = 200_000
+    valid_fraction: float = 0.2  # held-out users for early stopping
+    min_event_count: int = 2  # rarer event types share the out-of-vocabulary id
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 4e-3
+    patience: int = 4
+    seed: int = 0
+    temperature: float = 1.0
+    mask_prob: float = 0.15
+    composition_weight: float = 2.0
+    num_workers: int = 2  # Ray Train data-parallel workers
+
+
+@dataclass
+class EmbedConfig:
+    """Serving the encoder over a day's sequences (`embed`)."""
+
+    batch_size: int = 2048
+    actors: int = 0  # 0: one per GPU, else one per CPU left after reading
+    top_events: int = 5  # most-attended events kept per sequence
+
+
+@dataclass
 class LakelensConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":

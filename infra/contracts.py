@@ -47,6 +47,9 @@ class Column:
     nullable: bool = True
     non_negative: bool = False
     allowed: tuple[object, ...] | None = None
+    # for list columns: every element must be finite / the list must be as long as this column's
+    finite_elements: bool = False
+    aligned_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ class TableContract:
                 flag(~is_null & ~wrong & ~_filled(pc.is_finite(values), True), f"not_finite:{col.name}")
             if col.non_negative:
                 flag(_filled(pc.less(values, pa.scalar(0).cast(col.type)), False), f"negative:{col.name}")
+            if col.finite_elements:
+                flag(_any_element_not_finite(values), f"not_finite:{col.name}")
+            if col.aligned_with is not None and col.aligned_with in batch.column_names:
+                other = _as_array(batch.column(col.aligned_with))
+                flag(_filled(pc.not_equal(pc.list_value_length(values), pc.list_value_length(other)), False),
+                     f"misaligned:{col.name}")
             if col.allowed is not None:
                 inside = _filled(pc.is_in(values, value_set=pa.array(col.allowed, type=col.type)), True)
                 flag(~inside & ~is_null, f"bad_value:{col.name}")
@@ -185,6 +194,16 @@ def _filled(mask: pa.Array | pa.ChunkedArray, null_as: bool) -> np.ndarray:
     return _as_array(mask).fill_null(null_as).to_numpy(zero_copy_only=False).astype(bool)
 
 
+def _any_element_not_finite(values: pa.Array) -> np.ndarray:
+    """Per row of a list<float> array: does any element fail is_finite (NaN, inf or null)?"""
+    flat = pc.list_flatten(values)
+    bad = ~_filled(pc.is_finite(flat), False)
+    rows = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(values), dtype=bool)
+    np.logical_or.at(out, rows[bad], True)
+    return out
+
+
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
@@ -218,4 +237,25 @@ TRANSACTIONS = TableContract(
     ),
 )
 
-CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS)}
+# Sequences are our own output, but the encoder still checks them: a NaN time feature must be
+# quarantined, not fed to a model.
+SEQUENCES = TableContract(
+    name="sequences",
+    key="transaction_id",
+    columns=(
+        Column("transaction_id", pa.string(), nullable=False),
+        Column("user_id", pa.string(), nullable=False),
+        Column("dt", pa.string(), nullable=False),
+        Column("txn_ts", TIMESTAMP, nullable=False),
+        Column("n_events", pa.int32(), nullable=False, non_negative=True),
+        Column("event_ids", pa.list_(pa.string()), nullable=False, aligned_with="event_types"),
+        Column("event_types", pa.list_(pa.string()), nullable=False),
+        Column("log_gap_prev_s", pa.list_(pa.float32()), nullable=False, finite_elements=True,
+               aligned_with="event_types"),
+        Column("log_time_to_txn_s", pa.list_(pa.float32()), nullable=False, finite_elements=True,
+               aligned_with="event_types"),
+        Column("dwell_ms", pa.list_(pa.int64()), nullable=False, aligned_with="event_types"),
+    ),
+)
+
+CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS, SEQUENCES)}

@@ -16,7 +16,8 @@ def init_ray(config: RayConfig | None = None) -> None:
     config = config or RayConfig()
     if not ray.is_initialized():
         address = config.address or os.environ.get("RAY_ADDRESS")
-        common = dict(logging_level=logging.WARNING, log_to_driver=True)
+        common = dict(logging_level=logging.WARNING, log_to_driver=True,
+                      logging_config=ray.LoggingConfig(log_level=config.worker_log_level))
         if address:
             try:
                 ray.init(address=address, **common)

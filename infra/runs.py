@@ -131,7 +131,7 @@ class Run:
             "inputs": [asdict(i) for i in self.inputs],
             "input_rows": _sum_rows(self.inputs),
             "outputs": self._describe_outputs(),
-            "quarantine": self._count_quarantine(),
+            "quarantine": self.quarantine_counts(),
             "metrics": {**self._sum_task_metrics(), **self.metrics},
             "timings_s": self.timings,
         }
@@ -176,7 +176,7 @@ class Run:
             }
         return outputs
 
-    def _count_quarantine(self) -> dict[str, Any]:
+    def quarantine_counts(self) -> dict[str, Any]:
         counts: dict[str, Any] = {}
         for table in self.lake.list_dirs(f"{self.prefix}/quarantine"):
             files = self.lake.list_files(self.quarantine_dir(table), suffix=".parquet")
@@ -269,3 +269,17 @@ def latest_per_run_id(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _commit_order(m: dict[str, Any]) -> tuple[str, str]:
     return (m["committed_at"], m["attempt_id"])
+
+
+def published_output(lake: Lake, job: str, partition: str, table: str) -> tuple[dict[str, Any], list[InputFile]]:
+    """The visible run of `job` for `partition` and its `table` files, as inputs for a downstream job."""
+    visible = [m for m in latest_per_partition(published_manifests(lake, job)) if m["partition"] == partition]
+    if not visible:
+        raise FileNotFoundError(f"no published {job} run for {partition} in {lake.uri('runs', job)}; run `lakelens run {job}` first")
+    manifest = visible[0]
+    output = manifest["outputs"].get(table)
+    if output is None:
+        raise FileNotFoundError(f"published run {manifest['run_id']} of {job} has no {table} table")
+    # paths name the attempt, so a re-published partition is a different input
+    files = [InputFile(table, f["path"], f["rows"], f["bytes"], 0) for f in output["files"]]
+    return manifest, files

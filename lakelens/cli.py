@@ -19,6 +19,8 @@ def _config(args: argparse.Namespace) -> LakelensConfig:
         "sequences.max_len": getattr(args, "max_len", None),
         "ray.address": getattr(args, "ray_address", None),
         "ray.num_cpus": getattr(args, "num_cpus", None),
+        "encoder.epochs": getattr(args, "epochs", None),
+        "encoder.num_workers": getattr(args, "workers", None),
     }
     return LakelensConfig.load(getattr(args, "config", None), overrides)
 
@@ -36,13 +38,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(args: argparse.Namespace) -> date:
+    if not args.date:
+        raise ValueError(f"`lakelens run {args.job}` needs --date YYYY-MM-DD")
+    return date.fromisoformat(args.date)
+
+
+def _days(text: str | None) -> list[date]:
+    """`D1,D2,...` or an inclusive range `D1..D2`."""
+    if not text:
+        raise ValueError("`lakelens run train-encoder` needs --dates D1,D2,... or D1..D2")
+    if ".." in text:
+        first, last = (date.fromisoformat(part) for part in text.split("..", 1))
+        if last < first:
+            raise ValueError(f"--dates range {text} ends before it starts")
+        return [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
+    return [date.fromisoformat(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     lake = Lake(args.lake, config.storage)
     if args.job == "build-sequences":
         from lakelens.pipelines.build_sequences import run_build_sequences
 
-        manifest = run_build_sequences(lake, date.fromisoformat(args.date), config, force=args.force)
+        manifest = run_build_sequences(lake, _day(args), config, force=args.force)
+    elif args.job == "train-encoder":
+        from lakelens.pipelines.train_encoder import run_train_encoder
+
+        manifest = run_train_encoder(lake, _days(args.dates), config, force=args.force)
+    elif args.job == "embed":
+        from lakelens.pipelines.embed import run_embed
+
+        manifest = run_embed(lake, _day(args), config, model_version=args.model, force=args.force)
     else:  # argparse restricts the choices
         raise AssertionError(args.job)
     if args.json:
@@ -82,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(fn=cmd_generate)
 
     run = sub.add_parser("run", help="run a job over the lake and publish its results")
-    run.add_argument("job", choices=["build-sequences"])
+    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed"])
     run.add_argument("--lake", required=True)
-    run.add_argument("--date", required=True, help="the day to process, YYYY-MM-DD")
-    run.add_argument("--config", help="TOML file with [storage], [ray], [sequences] sections")
+    run.add_argument("--date", help="the day to process, YYYY-MM-DD (build-sequences, embed)")
+    run.add_argument("--dates", help="train-encoder: days whose sequences to train on, D1,D2 or D1..D2")
+    run.add_argument("--model", default="latest", help="embed: encoder version in models/<name>/ (default: latest)")
+    run.add_argument("--epochs", type=int, help="train-encoder: at most this many epochs")
+    run.add_argument("--workers", type=int, help="train-encoder: Ray Train workers")
+    run.add_argument("--config", help="TOML file with [storage], [ray], [sequences], [encoder], [embed] sections")
     run.add_argument("--lookback-hours", type=float)
     run.add_argument("--max-len", type=int)
     run.add_argument("--ray-address", help="attach to a Ray cluster (default: RAY_ADDRESS, else local)")

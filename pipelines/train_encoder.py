@@ -1,0 +1,216 @@
+"""`lakelens run train-encoder`: the behaviour encoder, trained without labels on Ray Train.
+
+    sequences(dates) --validate--> sample by transaction hash --> split by user hash --> materialise
+        --> vocabulary (train split) --> TorchTrainer(N workers, DDP) --> best epoch --> models/<name>/<version>/
+
+Only the sequences table is read: fraud labels never reach training. The version is a hash of
+the inputs, the parameters and the code, so re-running unchanged training reuses the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from datetime import date, datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakelens.infra.config import EncoderConfig, LakelensConfig
+from lakelens.infra.contracts import SEQUENCES
+from lakelens.infra.lake_io import read_validated, stable_bucket
+from lakelens.infra.ray_runtime import init_ray
+from lakelens.infra.runs import InputFile, Run, code_version, published_output
+from lakelens.infra.storage import Lake
+from lakelens.operators.encoder.checkpoint import CARD, list_versions, model_dir, save_encoder
+from lakelens.operators.encoder.model import encoder_architecture
+from lakelens.operators.encoder.objective import ObjectiveParams
+from lakelens.operators.encoder.training import TrainingParams
+from lakelens.operators.encoder.vocabulary import EventVocabulary, count_event_types
+
+JOB = "train-encoder"
+TRAIN_COLUMNS = ["transaction_id", "user_id", "event_types", "log_gap_prev_s", "log_time_to_txn_s", "dwell_ms"]
+HASH_BUCKETS = 1_000_000
+
+
+def training_params(cfg: EncoderConfig) -> TrainingParams:
+    return TrainingParams(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, patience=cfg.patience,
+        seed=cfg.seed,
+        objective=ObjectiveParams(temperature=cfg.temperature, mask_prob=cfg.mask_prob,
+                                  composition_weight=cfg.composition_weight),
+    )
+
+
+def run_train_encoder(lake: Lake, days: list[date], config: LakelensConfig, force: bool = False) -> dict[str, Any]:
+    """Train (or find already trained) the encoder on the published sequences of `days`; returns its model card."""
+    cfg = config.encoder
+    if not days:
+        raise ValueError("train-encoder needs at least one --dates day")
+    inputs: list[InputFile] = []
+    for day in sorted(set(days)):
+        _, files = published_output(lake, "build-sequences", f"dt={day}", "sequences")
+        inputs += files
+    version = _version(cfg, inputs)
+    if not force and lake.exists(f"{model_dir(cfg.model_name, version)}/{CARD}"):
+        card = lake.read_json(f"{model_dir(cfg.model_name, version)}/{CARD}")
+        print(f"train-encoder: {cfg.model_name}/{version} is already trained on these inputs; nothing to do")
+        return card
+
+    init_ray(config.ray)
+    # quarantine of broken sequences is kept with the model, next to the card that counts it
+    run = Run(lake=lake, job=JOB, partition=f"model={cfg.model_name}", params=dataclasses.asdict(cfg),
+              inputs=inputs, run_id=version)
+    try:
+        return _train(run, lake, cfg, inputs, version, sorted(set(days)))
+    except BaseException as exc:
+        run.record_failure(exc)
+        raise
+
+
+def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], version: str,
+           days: list[date]) -> dict[str, Any]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    total_rows = sum(i.rows for i in inputs)
+    keep_below = min(HASH_BUCKETS, int(HASH_BUCKETS * cfg.max_train_sequences / max(total_rows, 1)) + 1)
+    with run.stage("sample"):
+        sample = read_validated(run, SEQUENCES, inputs, columns=TRAIN_COLUMNS).map_batches(
+            _sample_and_split, batch_format="pyarrow",
+            fn_kwargs={"keep_below": keep_below, "valid_fraction": cfg.valid_fraction}).materialize()
+        train_ds = sample.filter(expr="split == 'train'").materialize()
+        valid_ds = sample.filter(expr="split == 'valid'").materialize()
+        counts = count_event_types(b["event_types"] for b in train_ds.iter_batches(batch_format="pyarrow"))
+        vocabulary = EventVocabulary.learn(counts, min_count=cfg.min_event_count)
+        n_train, n_valid = train_ds.count(), valid_ds.count()
+    print(f"train-encoder: {n_train:,} training and {n_valid:,} held-out sequences from {total_rows:,}; "
+          f"vocabulary {len(vocabulary)} ({len(counts)} event types seen)")
+    if n_train == 0 or n_valid < 2:
+        raise ValueError(f"too few sequences to train on ({n_train} train, {n_valid} held out)")
+
+    use_gpu = _gpus() > 0
+    architecture = encoder_architecture(cfg.architecture, len(vocabulary))
+    loop_config = {"architecture": dataclasses.asdict(architecture), "params": dataclasses.asdict(training_params(cfg)),
+                   "vocabulary": vocabulary.to_json(), "max_len": cfg.max_len, "use_gpu": use_gpu}
+    with run.stage("train"):
+        trainer = TorchTrainer(
+            _train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+            datasets={"train": train_ds, "valid": valid_ds},
+            # every worker sees the whole sample and keeps its hash share: shards are the same in every run
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+            run_config=ray.train.RunConfig(name=f"{cfg.model_name}-{version}", storage_path=lake.path("runs", JOB, "_ray_train"),
+                                           storage_filesystem=lake.fs),
+        )
+        result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        import torch
+
+        state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
+        with open(os.path.join(folder, "training.json")) as handle:
+            report = json.load(handle)
+    from lakelens.operators.encoder.model import create_encoder
+
+    encoder = create_encoder(architecture)
+    encoder.load_state_dict(state)
+    card = {
+        "job": JOB,
+        "code_version": code_version(),
+        "trained_at": datetime.now(timezone.utc).isoformat(),
+        "config": dataclasses.asdict(cfg),
+        "objective": "contrastive views (NT-Xent) + masked event prediction + composition; no labels",
+        "data": {"dates": [d.isoformat() for d in days], "input_files": [dataclasses.asdict(i) for i in inputs],
+                 "input_rows": total_rows, "train_sequences": n_train, "valid_sequences": n_valid,
+                 "quarantine": run.quarantine_counts(), "event_types_seen": len(counts),
+                 "out_of_vocabulary_types": sorted(t for t, c in counts.items() if c < cfg.min_event_count)},
+        "metrics": {k: report[k] for k in ("best_epoch", "best_valid_loss", "epochs_run", "seconds",
+                                           "sequences_per_second")},
+        "history": report["history"],
+        "timings_s": run.timings,
+        "device": "cuda" if use_gpu else "cpu",
+        "workers": cfg.num_workers,
+    }
+    card = save_encoder(lake, cfg.model_name, version, encoder, vocabulary, card)
+    m = card["metrics"]
+    print(f"train-encoder: saved {cfg.model_name}/{version}: best epoch {m['best_epoch']} of {m['epochs_run']}, "
+          f"held-out loss {m['best_valid_loss']:.4f}, {m['seconds']:.1f} s -> {lake.uri(model_dir(cfg.model_name, version))}")
+    return card
+
+
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: collect this worker's share of the sample, then the shared training loop."""
+    import ray.train
+    import torch
+
+    from lakelens.operators.encoder.batching import pad_sequences
+    from lakelens.operators.encoder.model import EncoderArchitecture, create_encoder
+    from lakelens.operators.encoder.training import fit_encoder
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if loop_config["use_gpu"] else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    vocabulary = EventVocabulary.from_json(loop_config["vocabulary"])
+    shards = {name: _worker_share(ray.train.get_dataset_shard(name), rank, world) for name in ("train", "valid")}
+    padded = {name: pad_sequences(table, vocabulary, loop_config["max_len"]) for name, table in shards.items()}
+    params_dict = dict(loop_config["params"])
+    params = TrainingParams(**{**params_dict, "objective": ObjectiveParams(**params_dict["objective"])})
+    encoder = create_encoder(EncoderArchitecture(**loop_config["architecture"]), seed=params.seed)
+    result = fit_encoder(encoder, padded["train"], padded["valid"], params, device=device,
+                         on_epoch=lambda record: ray.train.report(record))
+    report = {"best_epoch": result.best_epoch, "best_valid_loss": result.best_valid_loss,
+              "epochs_run": len(result.history), "seconds": result.seconds, "history": result.history,
+              "sequences_per_second": round(result.train_sequences * len(result.history) / max(result.seconds, 1e-9), 1)}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            torch.save({k: v.cpu() for k, v in result.state_dict.items()}, os.path.join(folder, "weights.pt"))
+            with open(os.path.join(folder, "training.json"), "w") as handle:
+                json.dump(report, handle)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"best_valid_loss": result.best_valid_loss}, checkpoint=checkpoint)
+
+
+def _worker_share(shard, rank: int, world: int) -> pa.Table:
+    """This worker's rows, by a hash of transaction_id, in transaction_id order (independent of block order)."""
+    tables = [b for b in shard.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in TRAIN_COLUMNS})
+    table = pa.concat_tables(tables)
+    mine = stable_bucket(table.column("transaction_id"), world) == rank
+    return table.filter(pa.array(mine)).sort_by("transaction_id")
+
+
+def _sample_and_split(batch: pa.Table, keep_below: int, valid_fraction: float) -> pa.Table:
+    keep = stable_bucket(batch.column("transaction_id"), HASH_BUCKETS) < keep_below
+    batch = batch.filter(pa.array(keep))
+    held_out = held_out_users(batch.column("user_id"), valid_fraction)
+    return batch.select(TRAIN_COLUMNS).append_column("split", pa.array(np.where(held_out, "valid", "train")))
+
+
+def held_out_users(user_ids: pa.Array | pa.ChunkedArray, valid_fraction: float) -> np.ndarray:
+    """Which users the encoder never trained on (the same rule as the split above)."""
+    return stable_bucket(user_ids, HASH_BUCKETS) < int(valid_fraction * HASH_BUCKETS)
+
+
+def _version(cfg: EncoderConfig, inputs: list[InputFile]) -> str:
+    fingerprint = {"config": dataclasses.asdict(cfg), "code": code_version(),
+                   "inputs": sorted((i.path, i.bytes) for i in inputs)}
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"v-{digest}"
+
+
+def _gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
