@@ -13,6 +13,8 @@ DEMO_LAKE ?= $(CURDIR)/.demo-lake
 DEMO_USERS ?= 4000
 DEMO_DAYS ?= 3
 DEMO_DATE ?= 2026-01-02
+DEMO_DATES ?= 2026-01-01..2026-01-03
+DEMO_EPOCHS ?= 15
 
 .PHONY: setup demo test bench clean-demo
 
@@ -28,10 +30,13 @@ setup: $(VENV)/.deps-installed
 
 demo: setup
 	$(BIN)/lakelens generate --out $(DEMO_LAKE) --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
-	$(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $(DEMO_DATE)
+	for day in 2026-01-01 2026-01-02 2026-01-03; do $(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $$day || exit 1; done
+	$(BIN)/lakelens run train-encoder --lake $(DEMO_LAKE) --dates $(DEMO_DATES) --epochs $(DEMO_EPOCHS)
+	$(BIN)/lakelens run embed --lake $(DEMO_LAKE) --date $(DEMO_DATE)
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT run_id, job, partition, status, committed_at FROM runs"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT event_type, count(*) AS in_last_3_events_before_a_transaction FROM (SELECT unnest(event_types[-3:]) AS event_type FROM sequences) GROUP BY ALL ORDER BY 2 DESC LIMIT 10"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT t.status, count(*) AS txns, round(avg(s.n_events), 1) AS avg_events FROM sequences s JOIN transactions t USING (transaction_id) GROUP BY ALL"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT top_events[1].event_type AS most_attended_event, count(*) AS sequences, round(avg(top_events[1].weight), 3) AS avg_weight FROM sequence_embeddings GROUP BY ALL ORDER BY 2 DESC LIMIT 8"
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -39,6 +44,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/generate_speed.py
 	$(BIN)/python bench/sequences_throughput.py
+	$(BIN)/python bench/embed_throughput.py
 
 clean-demo:
 	rm -rf $(DEMO_LAKE)

@@ -199,9 +199,7 @@ def _any_element_not_finite(values: pa.Array) -> np.ndarray:
     flat = pc.list_flatten(values)
     bad = ~_filled(pc.is_finite(flat), False)
     rows = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
-    out = np.zeros(len(values), dtype=bool)
-    np.logical_or.at(out, rows[bad], True)
-    return out
+    return np.bincount(rows[bad], minlength=len(values)) > 0
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

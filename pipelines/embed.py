@@ -61,7 +61,8 @@ def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: s
         embeddings = sequences.map_batches(
             SequenceEmbedder,
             fn_constructor_kwargs={"lake": lake, "model_name": name, "model_version": version, "max_len": max_len,
-                                   "top_k": config.embed.top_events, "run_id": run.run_id},
+                                   "top_k": config.embed.top_events, "run_id": run.run_id,
+                                   "cpu_threads": max(1, cpus // actors)},
             compute=ActorPoolStrategy(size=actors),
             batch_size=config.embed.batch_size,
             batch_format="pyarrow",

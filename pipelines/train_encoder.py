@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lakelens.infra.config import EncoderConfig, LakelensConfig
 from lakelens.infra.contracts import SEQUENCES
@@ -27,7 +26,7 @@ from lakelens.infra.lake_io import read_validated, stable_bucket
 from lakelens.infra.ray_runtime import init_ray
 from lakelens.infra.runs import InputFile, Run, code_version, published_output
 from lakelens.infra.storage import Lake
-from lakelens.operators.encoder.checkpoint import CARD, list_versions, model_dir, save_encoder
+from lakelens.operators.encoder.checkpoint import CARD, model_dir, save_encoder
 from lakelens.operators.encoder.model import encoder_architecture
 from lakelens.operators.encoder.objective import ObjectiveParams
 from lakelens.operators.encoder.training import TrainingParams
@@ -76,6 +75,7 @@ def run_train_encoder(lake: Lake, days: list[date], config: LakelensConfig, forc
 def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], version: str,
            days: list[date]) -> dict[str, Any]:
     import ray.train
+    from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
     total_rows = sum(i.rows for i in inputs)
@@ -84,8 +84,8 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         sample = read_validated(run, SEQUENCES, inputs, columns=TRAIN_COLUMNS).map_batches(
             _sample_and_split, batch_format="pyarrow",
             fn_kwargs={"keep_below": keep_below, "valid_fraction": cfg.valid_fraction}).materialize()
-        train_ds = sample.filter(expr="split == 'train'").materialize()
-        valid_ds = sample.filter(expr="split == 'valid'").materialize()
+        train_ds = sample.filter(expr=col("split") == "train").materialize()
+        valid_ds = sample.filter(expr=col("split") == "valid").materialize()
         counts = count_event_types(b["event_types"] for b in train_ds.iter_batches(batch_format="pyarrow"))
         vocabulary = EventVocabulary.learn(counts, min_count=cfg.min_event_count)
         n_train, n_valid = train_ds.count(), valid_ds.count()

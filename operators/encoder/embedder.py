@@ -42,8 +42,11 @@ def pick_device() -> torch.device:
 
 class SequenceEmbedder:
     def __init__(self, lake: Lake, model_name: str, model_version: str, max_len: int, top_k: int = 5,
-                 run_id: str = "", device: str | None = None) -> None:
+                 run_id: str = "", device: str | None = None, cpu_threads: int | None = None) -> None:
         self.device = torch.device(device) if device else pick_device()
+        if self.device.type == "cpu" and cpu_threads:
+            # Ray pins OMP threads to the actor's CPU reservation; reading tasks leave the rest idle between batches
+            torch.set_num_threads(cpu_threads)
         self.model: LoadedEncoder = load_encoder(lake, model_name, model_version, self.device)
         self.max_len = max_len
         self.top_k = top_k

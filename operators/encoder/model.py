@@ -1,4 +1,4 @@
-"""The time-attention Bi-LSTM sequence encoder.
+r"""The time-attention Bi-LSTM sequence encoder.
 
     event type --embed--+
                         +--> Bi-LSTM --> h_t --+

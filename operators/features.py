@@ -1,0 +1,62 @@
+"""Expert features as a numeric matrix: numeric columns scaled robustly, booleans as 0/1,
+categoricals one-hot. No labels are involved; the scaling comes from the data itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass(frozen=True)
+class ExpertFeatureSpec:
+    numeric: tuple[str, ...] = ("account_age_days", "txn_velocity_24h", "amount_to_user_avg", "amount", "hour_of_day")
+    boolean: tuple[str, ...] = ("is_new_device", "ip_country_mismatch")
+    categorical: tuple[str, ...] = ("payment_method",)
+    # heavy-tailed columns are log-scaled before robust scaling
+    log_scaled: tuple[str, ...] = ("account_age_days", "amount_to_user_avg", "amount", "txn_velocity_24h")
+
+
+@dataclass
+class ExpertFeatureEncoder:
+    """Fitted once (median/IQR, category lists), then applied to any batch the same way."""
+
+    spec: ExpertFeatureSpec = field(default_factory=ExpertFeatureSpec)
+    centers: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(self, table: pa.Table) -> "ExpertFeatureEncoder":
+        for name in self.spec.numeric:
+            values = self._numeric(table, name)
+            values = values[np.isfinite(values)]
+            q25, q50, q75 = np.percentile(values, [25, 50, 75]) if values.size else (0.0, 0.0, 1.0)
+            self.centers[name] = float(q50)
+            self.scales[name] = float(q75 - q25) or float(np.std(values)) or 1.0
+        for name in self.spec.categorical:
+            self.categories[name] = sorted(v for v in pc.unique(table.column(name)).to_pylist() if v is not None)
+        return self
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        blocks = []
+        for name in self.spec.numeric:
+            scaled = (self._numeric(table, name) - self.centers[name]) / self.scales[name]
+            blocks.append(np.nan_to_num(scaled, nan=0.0)[:, None])
+        for name in self.spec.boolean:
+            blocks.append(pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(np.float64)[:, None])
+        for name in self.spec.categorical:
+            values = np.asarray(table.column(name).to_pylist(), dtype=object)
+            blocks.append(np.stack([values == c for c in self.categories[name]], axis=1).astype(np.float64))
+        return np.hstack(blocks).astype(np.float32) if blocks else np.zeros((table.num_rows, 0), np.float32)
+
+    @property
+    def names(self) -> list[str]:
+        return ([*self.spec.numeric, *self.spec.boolean]
+                + [f"{n}={c}" for n in self.spec.categorical for c in self.categories.get(n, [])])
+
+    def _numeric(self, table: pa.Table, name: str) -> np.ndarray:
+        values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.log1p(np.maximum(values, 0)) if name in self.spec.log_scaled else values
