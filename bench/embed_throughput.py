@@ -22,7 +22,7 @@ from lakelens.infra.storage import Lake
 from lakelens.operators.encoder.embedder import SequenceEmbedder
 from lakelens.pipelines.build_sequences import run_build_sequences
 from lakelens.pipelines.embed import run_embed
-from lakelens.pipelines.encoder_quality import measure_encoder_quality
+from lakelens.pipelines.synthetic_truth import measure_encoder_quality
 from lakelens.pipelines.generate import generate_world
 from lakelens.pipelines.train_encoder import run_train_encoder
 

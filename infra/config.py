@@ -86,12 +86,37 @@ class EmbedConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """The behaviour-clusters job: hybrid features, pHDBSCAN, risk flags and rules."""
+
+    window_days: int = 3
+    expert_numeric: list[str] = field(default_factory=lambda: [
+        "account_age_days", "txn_velocity_24h", "amount_to_user_avg", "amount", "hour_of_day"])
+    expert_boolean: list[str] = field(default_factory=lambda: ["is_new_device", "ip_country_mismatch"])
+    expert_categorical: list[str] = field(default_factory=lambda: ["payment_method"])
+    expert_weight: float = 0.25
+    embedding_weight: float = 1.0
+    min_cluster_size: int = 25
+    min_samples: int = 10
+    cluster_selection_method: str = "eom"
+    # flagging thresholds (see operators/risk.py)
+    min_flag_size: int = 20
+    min_labelled: int = 3
+    min_fraud_rate_lower: float = 0.25
+    min_lift: float = 3.0
+    # rules
+    max_rules: int = 3
+    max_conditions: int = 3
+
+
+@dataclass
 class LakelensConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":

@@ -41,6 +41,8 @@ class ValidatingReader:
         self.columns = columns
         self.keep_users = keep_users  # a pyarrow array, or an ObjectRef to one
         self.ts_range_us = ts_range_us
+        # columns outside the contract (expert features) are passed through only when asked for
+        self._wants_extra = bool(set(columns or ()) - {c.name for c in contract.columns})
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         keep_users = self.keep_users
@@ -56,7 +58,8 @@ class ValidatingReader:
             try:
                 batches = lake.iter_parquet_batches(rel_path)
                 for number, raw in enumerate(batches):
-                    checked = self.contract.validate(pa.Table.from_batches([raw]), source, first_row, keep_extra=False)
+                    checked = self.contract.validate(pa.Table.from_batches([raw]), source, first_row,
+                                                     keep_extra=self._wants_extra)
                     self.run.write_quarantine(self.contract.name, checked.quarantined, f"{part}-{number:05d}")
                     sources = pa.array([source] * checked.valid.num_rows, pa.string())
                     rows = checked.valid.append_column(SOURCE_FILE, sources).append_column(

@@ -20,6 +20,7 @@ def _config(args: argparse.Namespace) -> LakelensConfig:
         "ray.address": getattr(args, "ray_address", None),
         "ray.num_cpus": getattr(args, "num_cpus", None),
         "encoder.epochs": getattr(args, "epochs", None),
+        "clusters.window_days": getattr(args, "window_days", None),
         "encoder.num_workers": getattr(args, "workers", None),
     }
     return LakelensConfig.load(getattr(args, "config", None), overrides)
@@ -71,6 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from lakelens.pipelines.embed import run_embed
 
         manifest = run_embed(lake, _day(args), config, model_version=args.model, force=args.force)
+    elif args.job == "behavior-clusters":
+        from lakelens.pipelines.behavior_clusters import run_behavior_clusters
+
+        manifest = run_behavior_clusters(lake, _day(args), config, force=args.force)
     else:  # argparse restricts the choices
         raise AssertionError(args.job)
     if args.json:
@@ -110,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(fn=cmd_generate)
 
     run = sub.add_parser("run", help="run a job over the lake and publish its results")
-    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed"])
+    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed", "behavior-clusters"])
     run.add_argument("--lake", required=True)
     run.add_argument("--date", help="the day to process, YYYY-MM-DD (build-sequences, embed)")
     run.add_argument("--dates", help="train-encoder: days whose sequences to train on, D1,D2 or D1..D2")
     run.add_argument("--model", default="latest", help="embed: encoder version in models/<name>/ (default: latest)")
+    run.add_argument("--window-days", type=int, help="behavior-clusters: days of transactions clustered together")
     run.add_argument("--epochs", type=int, help="train-encoder: at most this many epochs")
     run.add_argument("--workers", type=int, help="train-encoder: Ray Train workers")
     run.add_argument("--config", help="TOML file with [storage], [ray], [sequences], [encoder], [embed] sections")

@@ -60,3 +60,22 @@ class ExpertFeatureEncoder:
     def _numeric(self, table: pa.Table, name: str) -> np.ndarray:
         values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
         return np.log1p(np.maximum(values, 0)) if name in self.spec.log_scaled else values
+
+
+def hybrid_features(expert_matrix: np.ndarray, embedding: np.ndarray, expert_weight: float,
+                    embedding_weight: float, clip: float = 3.0) -> np.ndarray:
+    """Expert block (clipped at `clip` robust units, scaled to unit-ish norm) beside the weighted embedding.
+
+    Clipping keeps one extreme amount from dominating distances; dividing by sqrt(columns) puts the
+    block on the same footing as a unit embedding whatever the number of expert columns. A zero
+    weight drops its block, which gives the expert-only and embedding-only baselines.
+    """
+    blocks = []
+    if expert_weight > 0 and expert_matrix.shape[1]:
+        block = np.clip(expert_matrix, -clip, clip) / np.sqrt(expert_matrix.shape[1])
+        blocks.append(expert_weight * block)
+    if embedding_weight > 0:
+        blocks.append(embedding_weight * embedding)
+    if not blocks:
+        raise ValueError("hybrid features need a positive expert or embedding weight")
+    return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)

@@ -11,12 +11,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
-from lakelens.infra.config import StorageConfig
+from lakelens.infra.config import EncoderConfig, LakelensConfig, RayConfig, StorageConfig
 from lakelens.infra.storage import Lake
 
 S3_KEY, S3_SECRET, S3_BUCKET = "lakelens-test", "lakelens-test-secret", "lake"
@@ -137,3 +137,36 @@ def small_world(lake) -> Lake:
 
     generate_world(lake, users=400, days=2, seed=11, start=TEST_START, workers=1)
     return lake
+
+
+# -- a trained behaviour encoder, shared by the encoder and behaviour-clustering tests --
+
+WORLD_START = date(2026, 1, 1)
+TRAIN_DAYS = [WORLD_START + timedelta(days=k) for k in range(3)]
+SPARE_DAY = WORLD_START + timedelta(days=3)  # sequences built but never embedded by the fixture
+ENCODER_CONFIG = LakelensConfig(ray=RayConfig(show_progress=False), encoder=EncoderConfig(epochs=30))
+
+
+@pytest.fixture(scope="session")
+def trained_lake(tmp_path_factory, ray_local):
+    """A world of 5,000 users: sequences for four days, the encoder trained on three, those three embedded."""
+    from lakelens.pipelines.build_sequences import run_build_sequences
+    from lakelens.pipelines.embed import run_embed
+    from lakelens.pipelines.generate import generate_world
+    from lakelens.pipelines.train_encoder import run_train_encoder
+
+    lake = Lake(tmp_path_factory.mktemp("encoder") / "lake")
+    generate_world(lake, users=5000, days=4, seed=21, start=WORLD_START, workers=1)
+    for day in TRAIN_DAYS + [SPARE_DAY]:
+        run_build_sequences(lake, day, ENCODER_CONFIG)
+    # labels must be unreachable while the encoder trains: hide the transactions table
+    transactions = lake.path("transactions")
+    lake.fs.move(transactions, transactions + ".hidden")
+    try:
+        card = run_train_encoder(lake, TRAIN_DAYS, ENCODER_CONFIG)
+    finally:
+        lake.fs.move(transactions + ".hidden", transactions)
+    manifests = [run_embed(lake, day, ENCODER_CONFIG) for day in TRAIN_DAYS]
+    return lake, card, manifests
+
+

@@ -5,45 +5,19 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from datetime import date, timedelta
 
 import pyarrow as pa
 import pytest
 import torch
 
 from lakelens.infra.catalog import open_catalog
-from lakelens.infra.config import EncoderConfig, LakelensConfig, RayConfig
 from lakelens.infra.runs import published_output
-from lakelens.infra.storage import Lake
 from lakelens.operators.encoder.checkpoint import load_encoder, model_dir
-from lakelens.pipelines.build_sequences import run_build_sequences
 from lakelens.pipelines.embed import TABLE, run_embed
-from lakelens.pipelines.generate import generate_world
-from lakelens.pipelines.encoder_quality import EncoderQuality, measure_encoder_quality
+from lakelens.pipelines.synthetic_truth import EncoderQuality, measure_encoder_quality
 from lakelens.pipelines.train_encoder import run_train_encoder
 
-START = date(2026, 1, 1)
-TRAIN_DAYS = [START + timedelta(days=k) for k in range(3)]
-SPARE_DAY = START + timedelta(days=3)  # sequences built but never embedded by the fixture
-CONFIG = LakelensConfig(ray=RayConfig(show_progress=False), encoder=EncoderConfig(epochs=30))
-
-
-@pytest.fixture(scope="module")
-def trained_lake(tmp_path_factory, ray_local):
-    """A world of 5,000 users: sequences for four days, the encoder trained on three, those three embedded."""
-    lake = Lake(tmp_path_factory.mktemp("encoder") / "lake")
-    generate_world(lake, users=5000, days=4, seed=21, start=START, workers=1)
-    for day in TRAIN_DAYS + [SPARE_DAY]:
-        run_build_sequences(lake, day, CONFIG)
-    # labels must be unreachable while the encoder trains: hide the transactions table
-    transactions = lake.path("transactions")
-    lake.fs.move(transactions, transactions + ".hidden")
-    try:
-        card = run_train_encoder(lake, TRAIN_DAYS, CONFIG)
-    finally:
-        lake.fs.move(transactions + ".hidden", transactions)
-    manifests = [run_embed(lake, day, CONFIG) for day in TRAIN_DAYS]
-    return lake, card, manifests
+from .conftest import ENCODER_CONFIG as CONFIG, SPARE_DAY, TRAIN_DAYS
 
 
 @pytest.fixture(scope="module")

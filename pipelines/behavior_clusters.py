@@ -1,0 +1,253 @@
+"""`lakelens run behavior-clusters`: find behaviour clusters in a window of days, flag the risky ones,
+and explain each with SQL rules and a narrative.
+
+    for each day in the window: sequences (build-sequences) -> embeddings (embed)      [reused when published]
+    transactions(window) --validate--+
+    sequence_embeddings(window) -----+--> hybrid features --> pHDBSCAN --> cluster risk --> flagged
+        --> rules (beam search over expert-feature predicates) --> metrics by DuckDB over the lake
+        --> narratives --> txn_clusters, clusters, cluster_rules --> publish
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakelens.infra.config import ClusterConfig, LakelensConfig
+from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, TRANSACTIONS
+from lakelens.infra.lake_io import read_validated
+from lakelens.infra.ray_runtime import init_ray
+from lakelens.infra.runs import InputFile, Run, begin_run, describe_inputs, published_output
+from lakelens.infra.storage import Lake
+from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features
+from lakelens.operators.hdbscan import PHDBSCAN
+from lakelens.operators.risk import RiskThresholds, cluster_risk
+from lakelens.operators.rules import RuleSearch, candidate_predicates, induce_rules
+from lakelens.pipelines.build_sequences import run_build_sequences
+from lakelens.pipelines.embed import TABLE as EMBEDDINGS, run_embed
+
+JOB = "behavior-clusters"
+
+TXN_CLUSTERS_SCHEMA = pa.schema([
+    ("transaction_id", pa.string()), ("dt", pa.string()), ("run_id", pa.string()), ("cluster_key", pa.string()),
+    ("cluster_id", pa.int64()), ("probability", pa.float64()), ("outlier_score", pa.float64()),
+    ("embedding", pa.list_(pa.float32(), 32)),
+    ("top_events", pa.list_(pa.struct([("position", pa.int32()), ("event_id", pa.string()),
+                                       ("event_type", pa.string()), ("weight", pa.float32())]))),
+])
+CLUSTERS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("cluster_key", pa.string()), ("cluster_id", pa.int64()), ("size", pa.int64()),
+    ("labelled", pa.int64()), ("fraud", pa.int64()), ("fraud_rate", pa.float64()), ("fraud_rate_lower", pa.float64()),
+    ("lift", pa.float64()), ("declined_share", pa.float64()), ("amount", pa.float64()), ("persistence", pa.float64()),
+    ("flagged", pa.bool_()), ("lineage_status", pa.string()), ("top_event_types", pa.list_(pa.string())),
+    ("narrative", pa.string()),
+])
+RULES_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("cluster_key", pa.string()), ("rule_id", pa.string()), ("sql_predicate", pa.string()),
+    ("description", pa.string()), ("precision", pa.float64()), ("coverage", pa.float64()), ("support", pa.int64()),
+    ("fraud_rate", pa.float64()), ("lift", pa.float64()), ("narrative", pa.string()),
+])
+
+
+def spec_of(cfg: ClusterConfig) -> ExpertFeatureSpec:
+    return ExpertFeatureSpec(numeric=tuple(cfg.expert_numeric), boolean=tuple(cfg.expert_boolean),
+                             categorical=tuple(cfg.expert_categorical),
+                             log_scaled=tuple(c for c in ExpertFeatureSpec().log_scaled if c in cfg.expert_numeric))
+
+
+def run_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
+    cfg = config.clusters
+    days = [day - timedelta(days=k) for k in range(cfg.window_days - 1, -1, -1)]
+    init_ray(config.ray)
+    embed_runs = []
+    for d in days:  # upstream jobs are idempotent: published days are reused, missing ones computed
+        run_build_sequences(lake, d, config)
+        embed_runs.append(run_embed(lake, d, config))
+    inputs: list[InputFile] = []
+    for d in days:
+        inputs += published_output(lake, "embed", f"dt={d}", EMBEDDINGS)[1]
+    inputs += describe_inputs(lake, "transactions", [f"transactions/dt={d}" for d in days])
+    params = {"date": day.isoformat(), "window": [d.isoformat() for d in days], "clusters": vars(cfg).copy(),
+              "model": embed_runs[-1]["params"]["model"]}
+    run, existing = begin_run(lake, JOB, f"dt={day}", params, inputs, force=force)
+    if existing is not None:
+        print(f"behavior-clusters: {run.run_id} is already published (attempt {existing['attempt_id']}); nothing to do")
+        return existing
+    try:
+        return _execute(run, lake, cfg, inputs)
+    except BaseException as exc:
+        run.record_failure(exc)
+        raise
+
+
+def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) -> dict[str, Any]:
+    spec = spec_of(cfg)
+    with run.stage("load"):
+        txn_files = [i for i in inputs if i.table == "transactions"]
+        columns = ["transaction_id", "ts", "amount", "status", "label", *spec.numeric, *spec.boolean, *spec.categorical]
+        columns = list(dict.fromkeys(columns))
+        txns = _collect(read_validated(run, TRANSACTIONS, txn_files, columns=columns)).drop_columns(
+            [SOURCE_FILE, SOURCE_ROW])
+        emb_tables = [lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events"])
+                      for i in inputs if i.table == EMBEDDINGS]
+        embeddings = pa.concat_tables(emb_tables).sort_by("transaction_id")
+        # one row per transaction with both sides; a transaction without a sequence cannot be clustered
+        keep = pc.is_in(txns.column("transaction_id"), value_set=embeddings.column("transaction_id"))
+        txns = txns.filter(keep).sort_by("transaction_id")
+        embeddings = embeddings.filter(pc.is_in(embeddings.column("transaction_id"), value_set=txns.column("transaction_id")))
+        run.metrics["load"] = {"transactions": txns.num_rows, "without_embedding": int(pc.sum(pc.invert(keep)).as_py() or 0)}
+    n = txns.num_rows
+    if n < cfg.min_cluster_size:
+        raise ValueError(f"only {n} transactions with embeddings in the window; need at least {cfg.min_cluster_size}")
+
+    with run.stage("features"):
+        experts = ExpertFeatureEncoder(spec).fit(txns).transform(txns)
+        embedding = np.asarray(embeddings.column("embedding").combine_chunks().values, dtype=np.float32).reshape(n, -1)
+        features = hybrid_features(experts, embedding, cfg.expert_weight, cfg.embedding_weight)
+    with run.stage("cluster"):
+        model = PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
+                         cluster_selection_method=cfg.cluster_selection_method).fit(features)
+        labels = model.labels_
+    with run.stage("risk"):
+        label = pc.fill_null(pc.cast(txns.column("label"), pa.int64()), -1).to_numpy(zero_copy_only=False)
+        declined = pc.equal(txns.column("status"), "declined").to_numpy(zero_copy_only=False)
+        amount = pc.cast(txns.column("amount"), pa.float64()).to_numpy(zero_copy_only=False)
+        thresholds = RiskThresholds(cfg.min_flag_size, cfg.min_labelled, cfg.min_fraud_rate_lower, cfg.min_lift)
+        risk = cluster_risk(labels, label, declined, amount, model.cluster_persistence_, thresholds)
+        keys = _cluster_keys(txns.column("transaction_id"), labels, run.partition)
+        txn_clusters = pa.table({
+            "transaction_id": txns.column("transaction_id"), "dt": embeddings.column("dt"),
+            "run_id": pa.array([run.run_id] * n), "cluster_key": pa.array([keys.get(int(c)) for c in labels], pa.string()),
+            "cluster_id": pa.array(labels.astype(np.int64)), "probability": pa.array(model.probabilities_),
+            "outlier_score": pa.array(model.outlier_scores_), "embedding": embeddings.column("embedding"),
+            "top_events": embeddings.column("top_events"),
+        }, schema=TXN_CLUSTERS_SCHEMA)
+        lake.write_table(f"{run.table_dir('txn_clusters')}/part-00000.parquet", txn_clusters)
+
+    with run.stage("rules"):
+        rules = _rules(run, lake, cfg, txns, labels, risk, keys)
+    clusters = _clusters_table(run, risk, keys, labels, embeddings, rules, n)
+    lake.write_table(f"{run.table_dir('clusters')}/part-00000.parquet", clusters)
+    lake.write_table(f"{run.table_dir('cluster_rules')}/part-00000.parquet", rules)
+    run.metrics["clusters"] = {"clusters": risk.num_rows, "flagged": int(pc.sum(risk.column("flagged")).as_py() or 0),
+                               "noise_share": round(float((labels < 0).mean()), 4), "rules": rules.num_rows}
+    manifest = run.commit(expected_tables={"txn_clusters": TXN_CLUSTERS_SCHEMA, "clusters": CLUSTERS_SCHEMA,
+                                           "cluster_rules": RULES_SCHEMA})
+    m = manifest["metrics"]["clusters"]
+    print(f"behavior-clusters: {n:,} transactions -> {m['clusters']} clusters ({m['noise_share']:.0%} noise), "
+          f"{m['flagged']} flagged, {m['rules']} rules; timings {manifest['timings_s']}")
+    return manifest
+
+
+def _collect(ds) -> pa.Table:
+    tables = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def _cluster_keys(transaction_ids: pa.Array, labels: np.ndarray, partition: str) -> dict[int, str]:
+    """A key per cluster from its smallest member id: the same clustering gives the same keys."""
+    keys = {}
+    ids = np.asarray(transaction_ids.to_pylist(), dtype=object)
+    for cluster in np.unique(labels[labels >= 0]):
+        first = min(ids[labels == cluster])
+        keys[int(cluster)] = "ck-" + hashlib.sha1(f"{partition}/{first}".encode()).hexdigest()[:10]
+    return keys
+
+
+def _rules(run: Run, lake: Lake, cfg: ClusterConfig, txns: pa.Table, labels: np.ndarray, risk: pa.Table,
+           keys: dict[int, str]) -> pa.Table:
+    spec = spec_of(cfg)
+    candidates = candidate_predicates(txns, spec)
+    search = RuleSearch(max_conditions=cfg.max_conditions, max_rules=cfg.max_rules)
+    rows = []
+    flagged = [int(c) for c, f in zip(risk.column("cluster_id").to_pylist(), risk.column("flagged").to_pylist()) if f]
+    for cluster in flagged:
+        for number, fit in enumerate(induce_rules(txns, labels == cluster, candidates, search)):
+            rows.append({"cluster": cluster, "rule_id": f"{keys[cluster]}-r{number + 1}", "fit": fit})
+    if not rows:
+        return RULES_SCHEMA.empty_table()
+    measured = _measure_rules_in_duckdb(run, lake, rows)
+    return pa.Table.from_pylist([{
+        "run_id": run.run_id, "cluster_key": keys[r["cluster"]], "rule_id": r["rule_id"],
+        "sql_predicate": r["fit"].rule.sql(), "description": r["fit"].rule.words(), **measured[r["rule_id"]],
+        "narrative": rule_narrative(r["fit"].rule.words(), measured[r["rule_id"]]),
+    } for r in rows], schema=RULES_SCHEMA)
+
+
+def rule_narrative(description: str, m: dict[str, float]) -> str:
+    return (f"Transactions with {description}: {m['support']:,} in the window, {m['precision']:.0%} of them in this "
+            f"cluster, covering {m['coverage']:.0%} of it; labelled fraud rate {m['fraud_rate']:.0%} "
+            f"({m['lift']:.1f}x the base rate).")
+
+
+def _measure_rules_in_duckdb(run: Run, lake: Lake, rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Precision, coverage, support, fraud rate and lift of each rule, by DuckDB running its SQL over the lake."""
+    con = lake.duckdb_connect()
+    window = [i.path for i in run.inputs if i.table == "transactions"]
+    files = ", ".join("'" + lake.uri(p).replace("'", "''") + "'" for p in window)
+    members = lake.uri(run.table_dir("txn_clusters")) + "/*.parquet"
+    con.execute(f"CREATE VIEW transactions AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+    con.execute(f"CREATE VIEW members AS SELECT transaction_id, cluster_key FROM read_parquet('{members}')")
+    base = con.execute("SELECT count(*) FILTER (label = 1) / greatest(count(label), 1) FROM transactions").fetchone()[0]
+    out = {}
+    for r in rows:
+        key = r["rule_id"].rsplit("-r", 1)[0]
+        matched, in_cluster, labelled, fraud, cluster_size = con.execute(f"""
+            SELECT count(*), count(*) FILTER (m.cluster_key = ?), count(t.label), count(*) FILTER (t.label = 1),
+                   (SELECT count(*) FROM members WHERE cluster_key = ?)
+            FROM transactions t LEFT JOIN members m USING (transaction_id)
+            WHERE {r['fit'].rule.sql()}""", [key, key]).fetchone()
+        rate = fraud / labelled if labelled else 0.0
+        out[r["rule_id"]] = {"precision": in_cluster / matched if matched else 0.0,
+                             "coverage": in_cluster / cluster_size if cluster_size else 0.0, "support": matched,
+                             "fraud_rate": rate, "lift": rate / base if base else 0.0}
+    return out
+
+
+def _top_event_types(embeddings: pa.Table, member: np.ndarray, k: int = 3) -> list[str]:
+    """Event types with the most attention weight summed over a cluster's members."""
+    tops = embeddings.column("top_events").combine_chunks().filter(pa.array(member))
+    flat = pc.list_flatten(tops)
+    if len(flat) == 0:
+        return []
+    weights: dict[str, float] = {}
+    for t, w in zip(flat.field("event_type").to_pylist(), flat.field("weight").to_pylist()):
+        weights[t] = weights.get(t, 0.0) + w
+    return [t for t, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def _clusters_table(run: Run, risk: pa.Table, keys: dict[int, str], labels: np.ndarray, embeddings: pa.Table,
+                    rules: pa.Table, n: int) -> pa.Table:
+    rule_rows = rules.to_pylist()
+    rows = []
+    for r in risk.to_pylist():
+        cluster = r["cluster_id"]
+        top = _top_event_types(embeddings, labels == cluster)
+        mine = [x for x in rule_rows if x["cluster_key"] == keys[cluster]]
+        rows.append({"run_id": run.run_id, "cluster_key": keys[cluster], **r, "lineage_status": "new",
+                     "top_event_types": top, "narrative": narrative(r, n, top, mine) if r["flagged"] else ""})
+    return pa.Table.from_pylist(rows, schema=CLUSTERS_SCHEMA)
+
+
+def narrative(risk: dict[str, Any], total: int, top_events: list[str], rules: list[dict[str, Any]]) -> str:
+    """Plain words for a reviewer, from the cluster's numbers, its typical events and its rules."""
+    parts = [
+        f"{risk['size']:,} transactions ({risk['size'] / max(total, 1):.1%} of the window) behave alike.",
+        f"Of the {risk['labelled']:,} already labelled, {risk['fraud']:,} are confirmed fraud "
+        f"({risk['fraud_rate']:.0%}; at least {risk['fraud_rate_lower']:.0%} at 95% confidence, "
+        f"{risk['lift']:.1f}x the window's rate).",
+        f"{risk['declined_share']:.0%} were declined; together they moved {risk['amount']:,.2f}.",
+    ]
+    if top_events:
+        parts.append("Their click-streams are dominated by " + ", ".join(e.replace("_", " ") for e in top_events) + ".")
+    if rules:
+        best = max(rules, key=lambda x: x["precision"])
+        parts.append(f"Most of them can be found with: {best['description']} "
+                     f"(matches {best['support']:,}, {best['precision']:.0%} of them in this cluster, "
+                     f"{best['coverage']:.0%} of the cluster).")
+    return " ".join(parts)
