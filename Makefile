@@ -14,6 +14,7 @@ DEMO_USERS ?= 4000
 DEMO_DAYS ?= 3
 DEMO_DATE ?= 2026-01-02
 DEMO_DATES ?= 2026-01-01..2026-01-03
+DEMO_LAST_DATE ?= 2026-01-03
 DEMO_EPOCHS ?= 15
 
 .PHONY: setup demo test bench clean-demo
@@ -37,6 +38,12 @@ demo: setup
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT event_type, count(*) AS in_last_3_events_before_a_transaction FROM (SELECT unnest(event_types[-3:]) AS event_type FROM sequences) GROUP BY ALL ORDER BY 2 DESC LIMIT 10"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT t.status, count(*) AS txns, round(avg(s.n_events), 1) AS avg_events FROM sequences s JOIN transactions t USING (transaction_id) GROUP BY ALL"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT top_events[1].event_type AS most_attended_event, count(*) AS sequences, round(avg(top_events[1].weight), 3) AS avg_weight FROM sequence_embeddings GROUP BY ALL ORDER BY 2 DESC LIMIT 8"
+	$(BIN)/lakelens run behavior-clusters --lake $(DEMO_LAKE) --date $(DEMO_LAST_DATE)
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT cluster_key, size, labelled, fraud, round(fraud_rate_lower, 2) AS fraud_rate_lower, round(lift, 1) AS lift, round(declined_share, 2) AS declined, top_event_types FROM clusters WHERE flagged ORDER BY fraud_rate_lower DESC"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT rule_id, sql_predicate, round(precision, 2) AS precision, round(coverage, 2) AS coverage, support, round(fraud_rate, 2) AS fraud_rate FROM cluster_rules ORDER BY rule_id" --max-rows 30
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT cluster_key, narrative FROM clusters WHERE flagged"
+	$(BIN)/lakelens evaluate --lake $(DEMO_LAKE) --date $(DEMO_LAST_DATE)
+	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c \"SELECT * FROM cluster_rules\"   (views: clusters, txn_clusters, cluster_rules, sequence_embeddings, sequences, runs, quarantine)"
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -45,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/generate_speed.py
 	$(BIN)/python bench/sequences_throughput.py
 	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/detection_quality.py
 
 clean-demo:
 	rm -rf $(DEMO_LAKE)

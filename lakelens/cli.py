@@ -83,6 +83,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Synthetic worlds only: score the visible behavior-clusters run of a day against truth/."""
+    from lakelens.infra.runs import latest_per_partition, published_manifests
+    from lakelens.pipelines.synthetic_truth import measure_detection
+
+    lake = Lake(args.lake, _config(args).storage)
+    if not lake.list_files("truth/transactions", suffix=".parquet"):
+        raise FileNotFoundError(f"{lake.uri('truth')} has no ground truth: evaluate works on generated worlds only")
+    runs = [m for m in latest_per_partition(published_manifests(lake, "behavior-clusters"))
+            if m["partition"] == f"dt={args.date}"]
+    if not runs:
+        raise FileNotFoundError(f"no published behavior-clusters run for {args.date}")
+    print("evaluate:", measure_detection(lake, runs[0]).describe())
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     from lakelens.infra.catalog import open_catalog
 
@@ -131,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute even if this exact run is published")
     run.add_argument("--json", action="store_true", help="print the manifest")
     run.set_defaults(fn=cmd_run)
+
+    ev = sub.add_parser("evaluate", help="synthetic worlds: detection numbers of a day's clusters against truth/")
+    ev.add_argument("--lake", required=True)
+    ev.add_argument("--date", required=True)
+    ev.add_argument("--config")
+    ev.set_defaults(fn=cmd_evaluate)
 
     sql = sub.add_parser("sql", help="DuckDB over the lake's catalog views")
     sql.add_argument("--lake", required=True)
