@@ -151,12 +151,10 @@ def _collect(ds) -> pa.Table:
 
 def _cluster_keys(transaction_ids: pa.Array, labels: np.ndarray, partition: str) -> dict[int, str]:
     """A key per cluster from its smallest member id: the same clustering gives the same keys."""
-    keys = {}
-    ids = np.asarray(transaction_ids.to_pylist(), dtype=object)
-    for cluster in np.unique(labels[labels >= 0]):
-        first = min(ids[labels == cluster])
-        keys[int(cluster)] = "ck-" + hashlib.sha1(f"{partition}/{first}".encode()).hexdigest()[:10]
-    return keys
+    firsts = pa.table({"cluster": labels, "transaction_id": transaction_ids}).filter(
+        pa.array(labels >= 0)).group_by("cluster").aggregate([("transaction_id", "min")])
+    return {int(c): "ck-" + hashlib.sha1(f"{partition}/{first}".encode()).hexdigest()[:10]
+            for c, first in zip(firsts["cluster"].to_pylist(), firsts["transaction_id_min"].to_pylist())}
 
 
 def _rules(run: Run, lake: Lake, cfg: ClusterConfig, txns: pa.Table, labels: np.ndarray, risk: pa.Table,
@@ -209,25 +207,32 @@ def _measure_rules_in_duckdb(run: Run, lake: Lake, rows: list[dict]) -> dict[str
     return out
 
 
-def _top_event_types(embeddings: pa.Table, member: np.ndarray, k: int = 3) -> list[str]:
-    """Event types with the most attention weight summed over a cluster's members."""
-    tops = embeddings.column("top_events").combine_chunks().filter(pa.array(member))
+def _top_event_types(embeddings: pa.Table, labels: np.ndarray, k: int = 3) -> dict[int, list[str]]:
+    """Per cluster, the event types with the most attention weight summed over its members."""
+    tops = embeddings.column("top_events").combine_chunks()
     flat = pc.list_flatten(tops)
     if len(flat) == 0:
-        return []
-    weights: dict[str, float] = {}
-    for t, w in zip(flat.field("event_type").to_pylist(), flat.field("weight").to_pylist()):
-        weights[t] = weights.get(t, 0.0) + w
-    return [t for t, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+        return {}
+    owner = labels[pc.list_parent_indices(tops).to_numpy()]
+    sums = pa.table({"cluster": owner, "event_type": flat.field("event_type"), "weight": flat.field("weight")}).filter(
+        pa.array(owner >= 0)).group_by(["cluster", "event_type"]).aggregate([("weight", "sum")])
+    ranked = sums.sort_by([("cluster", "ascending"), ("weight_sum", "descending"), ("event_type", "ascending")])
+    out: dict[int, list[str]] = {}
+    for cluster, event_type in zip(ranked["cluster"].to_pylist(), ranked["event_type"].to_pylist()):
+        chosen = out.setdefault(int(cluster), [])
+        if len(chosen) < k:
+            chosen.append(event_type)
+    return out
 
 
 def _clusters_table(run: Run, risk: pa.Table, keys: dict[int, str], labels: np.ndarray, embeddings: pa.Table,
                     rules: pa.Table, n: int) -> pa.Table:
     rule_rows = rules.to_pylist()
+    top_events = _top_event_types(embeddings, labels)
     rows = []
     for r in risk.to_pylist():
         cluster = r["cluster_id"]
-        top = _top_event_types(embeddings, labels == cluster)
+        top = top_events.get(cluster, [])
         mine = [x for x in rule_rows if x["cluster_key"] == keys[cluster]]
         rows.append({"run_id": run.run_id, "cluster_key": keys[cluster], **r, "lineage_status": "new",
                      "top_event_types": top, "narrative": narrative(r, n, top, mine) if r["flagged"] else ""})

@@ -94,7 +94,10 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
     if n_train == 0 or n_valid < 2:
         raise ValueError(f"too few sequences to train on ({n_train} train, {n_valid} held out)")
 
-    use_gpu = _gpus() > 0
+    gpus = _gpus()
+    use_gpu = gpus > 0
+    # one GPU per worker: asking for more workers than GPUs would wait forever for resources
+    workers = min(cfg.num_workers, gpus) if use_gpu else cfg.num_workers
     architecture = encoder_architecture(cfg.architecture, len(vocabulary))
     loop_config = {"architecture": dataclasses.asdict(architecture), "params": dataclasses.asdict(training_params(cfg)),
                    "vocabulary": vocabulary.to_json(), "max_len": cfg.max_len, "use_gpu": use_gpu}
@@ -102,7 +105,7 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         trainer = TorchTrainer(
             _train_loop_per_worker,
             train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
             datasets={"train": train_ds, "valid": valid_ds},
             # every worker sees the whole sample and keeps its hash share: shards are the same in every run
             dataset_config=ray.train.DataConfig(datasets_to_split=[]),
@@ -137,7 +140,7 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         "history": report["history"],
         "timings_s": run.timings,
         "device": "cuda" if use_gpu else "cpu",
-        "workers": cfg.num_workers,
+        "workers": workers,
     }
     card = save_encoder(lake, cfg.model_name, version, encoder, vocabulary, card)
     m = card["metrics"]
