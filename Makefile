@@ -15,7 +15,7 @@ DEMO_DAYS ?= 3
 DEMO_DATE ?= 2026-01-02
 DEMO_DATES ?= 2026-01-01..2026-01-03
 DEMO_LAST_DATE ?= 2026-01-03
-DEMO_EPOCHS ?= 15
+DEMO_EPOCHS ?= 30
 
 .PHONY: setup demo test bench clean-demo
 

@@ -99,6 +99,9 @@ class ClusterConfig:
     min_cluster_size: int = 25
     min_samples: int = 10
     cluster_selection_method: str = "eom"
+    # EOM may keep one dominant cluster holding most of the window, fraud rings included; no
+    # cluster may hold more than this share of the window's transactions (0 disables)
+    max_cluster_share: float = 0.2
     # flagging thresholds (see operators/risk.py)
     min_flag_size: int = 20
     min_labelled: int = 3

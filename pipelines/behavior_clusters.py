@@ -110,8 +110,10 @@ def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) 
         embedding = np.asarray(embeddings.column("embedding").combine_chunks().values, dtype=np.float32).reshape(n, -1)
         features = hybrid_features(experts, embedding, cfg.expert_weight, cfg.embedding_weight)
     with run.stage("cluster"):
+        max_size = max(cfg.min_cluster_size, int(cfg.max_cluster_share * n)) if cfg.max_cluster_share > 0 else 0
         model = PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
-                         cluster_selection_method=cfg.cluster_selection_method).fit(features)
+                         cluster_selection_method=cfg.cluster_selection_method,
+                         max_cluster_size=max_size).fit(features)
         labels = model.labels_
     with run.stage("risk"):
         label = pc.fill_null(pc.cast(txns.column("label"), pa.int64()), -1).to_numpy(zero_copy_only=False)

@@ -106,6 +106,19 @@ def test_selection_options_match_hdbscan():
         assert adjusted_rand_score(reference.labels_, ours.labels_) >= 0.95, options
 
 
+def test_max_cluster_size_splits_a_dominant_cluster_like_hdbscan():
+    # one wide mass holding two tight groups, beside a small separate blob
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(0, 3.0, (1200, 2)), rng.normal([1.5, 1.5], 0.2, (120, 2)),
+                   rng.normal([-1.5, -1.5], 0.2, (120, 2)), rng.normal([30, 30], 0.5, (200, 2))])
+    unlimited = PHDBSCAN(min_cluster_size=40, knn_method="exact").fit(X)
+    capped = PHDBSCAN(min_cluster_size=40, knn_method="exact", max_cluster_size=600).fit(X)
+    reference = hdbscan.HDBSCAN(min_cluster_size=40, approx_min_span_tree=False, max_cluster_size=600).fit(X)
+    assert np.bincount(capped.labels_[capped.labels_ >= 0]).max() <= 600
+    assert capped.labels_.max() > unlimited.labels_.max()
+    assert adjusted_rand_score(reference.labels_, capped.labels_) >= 0.95
+
+
 def test_allow_single_cluster_labels_the_root_cluster_like_hdbscan():
     for X in (make_blobs(n_samples=500, centers=1, random_state=0)[0], _moons(seed=1)):
         reference = hdbscan.HDBSCAN(min_cluster_size=20, allow_single_cluster=True, approx_min_span_tree=False).fit(X)

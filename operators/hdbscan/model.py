@@ -49,6 +49,7 @@ class HDBSCANParams:
     seed: int = 0
     # distance evaluations allowed per component join before it stops certifying exactness
     join_pair_budget: float = 5e7
+    max_cluster_size: int = 0  # EOM never selects a larger cluster (0: no limit), as in hdbscan
 
     @property
     def samples(self) -> int:
@@ -106,7 +107,7 @@ def hdbscan_from_mst(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, core: 
     tree = condense_tree(linkage, params.min_cluster_size)
     ct = ClusterTree.from_condensed(tree)  # derived once, read by every step below
     selected = select_clusters(tree, params.cluster_selection_method, params.allow_single_cluster,
-                               params.cluster_selection_epsilon, ct=ct)
+                               params.cluster_selection_epsilon, ct=ct, max_cluster_size=params.max_cluster_size)
     labels = label_points(tree, selected, n, params.allow_single_cluster, params.cluster_selection_epsilon, ct=ct)
     return HDBSCANResult(
         labels=labels,
@@ -164,10 +165,10 @@ class PHDBSCAN:
                  cluster_selection_method: str = "eom", cluster_selection_epsilon: float = 0.0,
                  allow_single_cluster: bool = False, metric: str = "euclidean", knn_k: int | None = None,
                  knn_method: str = "auto", device: str = "auto", nprobe: int | None = None, seed: int = 0,
-                 join_pair_budget: float = 5e7) -> None:
+                 join_pair_budget: float = 5e7, max_cluster_size: int = 0) -> None:
         self.params = HDBSCANParams(min_cluster_size, min_samples, cluster_selection_method,
                                     cluster_selection_epsilon, allow_single_cluster, metric, knn_k, knn_method,
-                                    device, nprobe, seed, join_pair_budget)
+                                    device, nprobe, seed, join_pair_budget, max_cluster_size)
 
     def fit(self, X, graph: knn_mod.KnnGraph | None = None) -> "PHDBSCAN":
         data = prepare_data(X, self.params.metric)

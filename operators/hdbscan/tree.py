@@ -174,8 +174,14 @@ class ClusterTree:
 
 
 def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster: bool = False,
-                    cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None) -> list[int]:
-    """Ids of the selected clusters, ascending."""
+                    cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None,
+                    max_cluster_size: int = 0) -> list[int]:
+    """Ids of the selected clusters, ascending.
+
+    `max_cluster_size` (EOM only, 0 = no limit), as in the hdbscan library: a cluster larger than
+    this is never selected; its subtree is taken instead, so one dominant mass cannot swallow
+    the small dense groups inside it.
+    """
     if method not in ("eom", "leaf"):
         raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {method!r}")
     ct = ct if ct is not None else ClusterTree.from_condensed(tree)
@@ -188,7 +194,8 @@ def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster:
         for c in candidates:
             kids = ct.children(c)
             subtree = stability[kids - ct.root].sum()
-            if kids.size and subtree > stability[c - ct.root]:
+            too_big = max_cluster_size > 0 and ct.size[c - ct.root] > max_cluster_size
+            if (kids.size and subtree > stability[c - ct.root]) or too_big:
                 stability[c - ct.root] = subtree
             else:
                 selected[c - ct.root] = True
