@@ -48,7 +48,39 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
     quarantine_files = [f for m in visible for q in m.get("quarantine", {}).values() for f in q["files"]]
     if quarantine_files:
         _create_union_view(con, lake, "quarantine", quarantine_files)
+    _create_analyst_views(con)
     return con
+
+
+def _create_analyst_views(con) -> None:
+    """Views and macros over the behaviour-clustering tables, for analysts and reviewers."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not {"clusters", "txn_clusters", "cluster_rules", "runs"} <= tables:
+        return
+    con.execute("""CREATE OR REPLACE VIEW flagged_clusters AS
+        SELECT r.partition, c.* FROM clusters c JOIN runs r USING (run_id) WHERE c.flagged
+        ORDER BY c.fraud_rate_lower DESC, c.size DESC""")
+    con.execute("""CREATE OR REPLACE VIEW cluster_members AS
+        SELECT x.run_id, x.cluster_key, c.flagged, x.probability, x.outlier_score, x.top_events, t.*
+        FROM txn_clusters x JOIN clusters c USING (run_id, cluster_key)
+        JOIN transactions t USING (transaction_id)""")
+    con.execute("""CREATE OR REPLACE VIEW rules AS
+        SELECT r.*, c.size AS cluster_size, c.fraud_rate_lower AS cluster_fraud_rate_lower
+        FROM cluster_rules r JOIN clusters c USING (run_id, cluster_key) ORDER BY r.rule_id""")
+    if "clusters_all_runs" in tables:
+        con.execute("""CREATE OR REPLACE VIEW cluster_history AS
+            SELECT r.partition, r.committed_at, c.* FROM clusters_all_runs c JOIN runs r USING (run_id)
+            ORDER BY c.cluster_key, r.committed_at""")
+    rules = con.execute("SELECT rule_id, sql_predicate FROM cluster_rules ORDER BY rule_id").fetchall()
+    if "transactions" in tables and rules:
+        # DuckDB cannot evaluate SQL held in a column, so each rule becomes one branch of a view;
+        # branches whose constant rule_id differs from the argument are pruned by the planner
+        branches = " UNION ALL ".join(
+            f"SELECT {_sql_str(rule_id)} AS matched_rule, t.* FROM transactions t WHERE ({predicate})"
+            for rule_id, predicate in rules)
+        con.execute(f"CREATE OR REPLACE VIEW rule_matches AS {branches}")
+        con.execute("CREATE OR REPLACE MACRO apply_rule(rid) AS TABLE "
+                    "SELECT * EXCLUDE (matched_rule) FROM rule_matches WHERE matched_rule = rid")
 
 
 def _files_of(manifests: list[dict[str, Any]], table: str) -> list[str]:

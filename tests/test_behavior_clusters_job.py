@@ -145,3 +145,17 @@ def test_rerunning_the_same_day_is_idempotent(clustered, capsys):
     lake, manifest = clustered
     again = run_behavior_clusters(lake, DAY, _config())
     assert again["run_id"] == manifest["run_id"] and again["attempt_id"] == manifest["attempt_id"]
+
+
+def test_analyst_views_and_apply_rule_macro_return_what_the_tables_promise(clustered):
+    lake, _ = clustered
+    con = open_catalog(lake)
+    flagged = con.execute("SELECT count(*) FROM flagged_clusters").fetchone()[0]
+    assert flagged == con.execute("SELECT count(*) FROM clusters WHERE flagged").fetchone()[0] > 0
+    members = con.execute("SELECT count(*) FROM cluster_members WHERE flagged").fetchone()[0]
+    assert members == con.execute("SELECT sum(size) FROM flagged_clusters").fetchone()[0]
+    window = ", ".join(f"'{d}'" for d in TRAIN_DAYS)
+    for rule_id, support in con.execute("SELECT rule_id, support FROM rules").fetchall():
+        applied = con.execute(f"SELECT count(*) FROM apply_rule('{rule_id}') WHERE dt IN ({window})").fetchone()[0]
+        assert applied == support, rule_id
+    assert con.execute("SELECT count(*) FROM cluster_history").fetchone()[0] >= flagged
