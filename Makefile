@@ -13,6 +13,7 @@ DEMO_LAKE ?= $(CURDIR)/.demo-lake
 DEMO_USERS ?= 4000
 DEMO_DAYS ?= 3
 DEMO_DATE ?= 2026-01-02
+DEMO_DAYS_LIST ?= 2026-01-01 2026-01-02 2026-01-03
 DEMO_DATES ?= 2026-01-01..2026-01-03
 DEMO_LAST_DATE ?= 2026-01-03
 DEMO_EPOCHS ?= 30
@@ -31,7 +32,7 @@ setup: $(VENV)/.deps-installed
 
 demo: setup
 	$(BIN)/lakelens generate --out $(DEMO_LAKE) --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
-	for day in 2026-01-01 2026-01-02 2026-01-03; do $(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $$day || exit 1; done
+	for day in $(DEMO_DAYS_LIST); do $(BIN)/lakelens run build-sequences --lake $(DEMO_LAKE) --date $$day || exit 1; done
 	$(BIN)/lakelens run train-encoder --lake $(DEMO_LAKE) --dates $(DEMO_DATES) --epochs $(DEMO_EPOCHS)
 	$(BIN)/lakelens run embed --lake $(DEMO_LAKE) --date $(DEMO_DATE)
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT run_id, job, partition, status, committed_at FROM runs"

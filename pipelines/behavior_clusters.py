@@ -168,12 +168,12 @@ def _rules(run: Run, lake: Lake, cfg: ClusterConfig, txns: pa.Table, labels: np.
     flagged = [int(c) for c, f in zip(risk.column("cluster_id").to_pylist(), risk.column("flagged").to_pylist()) if f]
     for cluster in flagged:
         for number, fit in enumerate(induce_rules(txns, labels == cluster, candidates, search)):
-            rows.append({"cluster": cluster, "rule_id": f"{keys[cluster]}-r{number + 1}", "fit": fit})
+            rows.append({"cluster_key": keys[cluster], "rule_id": f"{keys[cluster]}-r{number + 1}", "fit": fit})
     if not rows:
         return RULES_SCHEMA.empty_table()
     measured = _measure_rules_in_duckdb(run, lake, rows)
     return pa.Table.from_pylist([{
-        "run_id": run.run_id, "cluster_key": keys[r["cluster"]], "rule_id": r["rule_id"],
+        "run_id": run.run_id, "cluster_key": r["cluster_key"], "rule_id": r["rule_id"],
         "sql_predicate": r["fit"].rule.sql(), "description": r["fit"].rule.words(), **measured[r["rule_id"]],
         "narrative": rule_narrative(r["fit"].rule.words(), measured[r["rule_id"]]),
     } for r in rows], schema=RULES_SCHEMA)
@@ -196,7 +196,7 @@ def _measure_rules_in_duckdb(run: Run, lake: Lake, rows: list[dict]) -> dict[str
     base = con.execute("SELECT count(*) FILTER (label = 1) / greatest(count(label), 1) FROM transactions").fetchone()[0]
     out = {}
     for r in rows:
-        key = r["rule_id"].rsplit("-r", 1)[0]
+        key = r["cluster_key"]
         matched, in_cluster, labelled, fraud, cluster_size = con.execute(f"""
             SELECT count(*), count(*) FILTER (m.cluster_key = ?), count(t.label), count(*) FILTER (t.label = 1),
                    (SELECT count(*) FROM members WHERE cluster_key = ?)

@@ -27,7 +27,7 @@ from lakelens.infra.ray_runtime import init_ray
 from lakelens.infra.runs import InputFile, Run, code_version, published_output
 from lakelens.infra.storage import Lake
 from lakelens.operators.encoder.checkpoint import CARD, model_dir, save_encoder
-from lakelens.operators.encoder.model import encoder_architecture
+from lakelens.operators.encoder.model import create_encoder, encoder_architecture
 from lakelens.operators.encoder.objective import ObjectiveParams
 from lakelens.operators.encoder.training import TrainingParams
 from lakelens.operators.encoder.vocabulary import EventVocabulary, count_event_types
@@ -121,8 +121,6 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
         with open(os.path.join(folder, "training.json")) as handle:
             report = json.load(handle)
-    from lakelens.operators.encoder.model import create_encoder
-
     encoder = create_encoder(architecture)
     encoder.load_state_dict(state)
     card = {
@@ -155,7 +153,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from lakelens.operators.encoder.batching import pad_sequences
-    from lakelens.operators.encoder.model import EncoderArchitecture, create_encoder
+    from lakelens.operators.encoder.model import EncoderArchitecture
     from lakelens.operators.encoder.training import fit_encoder
 
     context = ray.train.get_context()
