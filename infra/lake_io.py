@@ -136,3 +136,12 @@ def quarantine_duplicates(ds, run: Run, contract: TableContract, num_buckets: in
         .map_groups(keep_first_quarantine_rest, batch_format="pyarrow", fn_kwargs={"run": run, "contract": contract})
         .drop_columns(["_bucket"])
     )
+
+
+def collect_table(batches_source, empty_schema: pa.Schema) -> pa.Table:
+    """Every row of a Ray Dataset or dataset shard as one Arrow table (`empty_schema` when there are none).
+
+    For results known to fit in one process: a day's transaction keys, a worker's training share.
+    """
+    tables = [b for b in batches_source.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    return pa.concat_tables(tables) if tables else empty_schema.empty_table()

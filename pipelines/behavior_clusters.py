@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from lakelens.infra.config import ClusterConfig, LakelensConfig
 from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, TRANSACTIONS
-from lakelens.infra.lake_io import read_validated
+from lakelens.infra.lake_io import collect_table, read_validated
 from lakelens.infra.ray_runtime import init_ray
 from lakelens.infra.runs import InputFile, Run, begin_run, describe_inputs, published_output
 from lakelens.infra.storage import Lake
@@ -91,8 +91,8 @@ def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) 
         txn_files = [i for i in inputs if i.table == "transactions"]
         columns = ["transaction_id", "ts", "amount", "status", "label", *spec.numeric, *spec.boolean, *spec.categorical]
         columns = list(dict.fromkeys(columns))
-        txns = _collect(read_validated(run, TRANSACTIONS, txn_files, columns=columns)).drop_columns(
-            [SOURCE_FILE, SOURCE_ROW])
+        txns = collect_table(read_validated(run, TRANSACTIONS, txn_files, columns=columns),
+                             pa.schema([])).drop_columns([SOURCE_FILE, SOURCE_ROW])
         emb_tables = [lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events"])
                       for i in inputs if i.table == EMBEDDINGS]
         embeddings = pa.concat_tables(emb_tables).sort_by("transaction_id")
@@ -144,11 +144,6 @@ def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) 
     print(f"behavior-clusters: {n:,} transactions -> {m['clusters']} clusters ({m['noise_share']:.0%} noise), "
           f"{m['flagged']} flagged, {m['rules']} rules; timings {manifest['timings_s']}")
     return manifest
-
-
-def _collect(ds) -> pa.Table:
-    tables = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
-    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def _cluster_keys(transaction_ids: pa.Array, labels: np.ndarray, partition: str) -> dict[int, str]:

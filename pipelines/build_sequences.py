@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from lakelens.infra.config import LakelensConfig
 from lakelens.infra.contracts import EVENTS, SOURCE_FILE, SOURCE_ROW, TIMESTAMP, TRANSACTIONS, split_duplicates
-from lakelens.infra.lake_io import quarantine_duplicates, read_validated, stable_bucket
+from lakelens.infra.lake_io import collect_table, quarantine_duplicates, read_validated, stable_bucket
 from lakelens.infra.ray_runtime import init_ray
 from lakelens.infra.runs import Run, begin_run, describe_inputs
 from lakelens.infra.storage import Lake
@@ -79,10 +79,8 @@ def _execute(run: Run, day: date, config: LakelensConfig, inputs) -> dict[str, A
         txn_files = [i for i in inputs if i.table == "transactions"]
         txns = read_validated(run, TRANSACTIONS, txn_files, columns=["transaction_id", "user_id", "ts"])
         txns = quarantine_duplicates(txns, run, TRANSACTIONS, num_buckets).materialize()
-        keys = pa.concat_tables(
-            [b for b in txns.select_columns(["user_id", "ts"]).iter_batches(batch_format="pyarrow", batch_size=None)]
-            or [pa.table({"user_id": pa.array([], pa.string()), "ts": pa.array([], TIMESTAMP)})]
-        )
+        keys = collect_table(txns.select_columns(["user_id", "ts"]),
+                             pa.schema([("user_id", pa.string()), ("ts", TIMESTAMP)]))
         n_txn = keys.num_rows
         users = pc.unique(keys.column("user_id").combine_chunks())
         ts_min, ts_max = pc.min_max(keys.column("ts")).values()

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from lakelens.infra.config import EncoderConfig, LakelensConfig
 from lakelens.infra.contracts import SEQUENCES
-from lakelens.infra.lake_io import read_validated, stable_bucket
+from lakelens.infra.lake_io import collect_table, read_validated, stable_bucket
 from lakelens.infra.ray_runtime import init_ray
 from lakelens.infra.runs import InputFile, Run, code_version, published_output
 from lakelens.infra.storage import Lake
@@ -34,6 +34,7 @@ from lakelens.operators.encoder.vocabulary import EventVocabulary, count_event_t
 
 JOB = "train-encoder"
 TRAIN_COLUMNS = ["transaction_id", "user_id", "event_types", "log_gap_prev_s", "log_time_to_txn_s", "dwell_ms"]
+TRAIN_SCHEMA = pa.schema([SEQUENCES.schema.field(c) for c in TRAIN_COLUMNS] + [pa.field("split", pa.string())])
 HASH_BUCKETS = 1_000_000
 
 
@@ -184,10 +185,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _worker_share(shard, rank: int, world: int) -> pa.Table:
     """This worker's rows, by a hash of transaction_id, in transaction_id order (independent of block order)."""
-    tables = [b for b in shard.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
-    if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in TRAIN_COLUMNS})
-    table = pa.concat_tables(tables)
+    table = collect_table(shard, TRAIN_SCHEMA)
     mine = stable_bucket(table.column("transaction_id"), world) == rank
     return table.filter(pa.array(mine)).sort_by("transaction_id")
 
