@@ -4,6 +4,7 @@
 - `<table>`: for every result table, the latest published run of each partition.
 - `<table>_all_runs`: every published run (the last attempt of each run id), carrying run_id.
 - `runs`: one row per published run; `quarantine`: rejected rows of the visible runs.
+- `cluster_reviews`: reviewers' verdicts (append-only, see infra/reviews.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
         _create_union_view(con, lake, table, _files_of(visible, table))
         _create_union_view(con, lake, f"{table}_all_runs", _files_of(every_run, table))
 
+    _create_reviews_view(con, lake)
     quarantine_files = [f for m in visible for q in m.get("quarantine", {}).values() for f in q["files"]]
     if quarantine_files:
         _create_union_view(con, lake, "quarantine", quarantine_files)
@@ -52,14 +54,31 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
     return con
 
 
+def _create_reviews_view(con, lake: Lake) -> None:
+    from lakelens.infra.reviews import REVIEWS_DIR, REVIEWS_SCHEMA
+
+    if lake.list_files(REVIEWS_DIR, suffix=".parquet"):
+        con.execute(f"CREATE OR REPLACE VIEW cluster_reviews AS SELECT * EXCLUDE (dt) FROM read_parquet("
+                    f"{_sql_str(lake.uri(REVIEWS_DIR) + '/**/*.parquet')}, hive_partitioning = true)")
+    else:  # an empty table keeps the analyst views' shape the same before the first verdict
+        con.register("_no_reviews", REVIEWS_SCHEMA.empty_table())
+        con.execute("CREATE OR REPLACE TABLE cluster_reviews AS SELECT * FROM _no_reviews")
+        con.unregister("_no_reviews")
+
+
 def _create_analyst_views(con) -> None:
     """Views and macros over the behaviour-clustering tables, for analysts and reviewers."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if not {"clusters", "txn_clusters", "cluster_rules", "runs"} <= tables:
         return
+    con.execute("""CREATE OR REPLACE VIEW latest_reviews AS
+        SELECT * FROM cluster_reviews QUALIFY row_number() OVER (
+            PARTITION BY cluster_key ORDER BY reviewed_at DESC, review_id DESC) = 1""")
     con.execute("""CREATE OR REPLACE VIEW flagged_clusters AS
-        SELECT r.partition, c.* FROM clusters c JOIN runs r USING (run_id) WHERE c.flagged
-        ORDER BY c.fraud_rate_lower DESC, c.size DESC""")
+        SELECT r.partition, c.*, v.verdict AS latest_verdict, v.reviewer AS latest_reviewer,
+               v.reviewed_at AS latest_reviewed_at
+        FROM clusters c JOIN runs r USING (run_id) LEFT JOIN latest_reviews v USING (cluster_key)
+        WHERE c.flagged ORDER BY c.fraud_rate_lower DESC, c.size DESC""")
     con.execute("""CREATE OR REPLACE VIEW cluster_members AS
         SELECT x.run_id, x.cluster_key, c.flagged, x.probability, x.outlier_score, x.top_events, t.*
         FROM txn_clusters x JOIN clusters c USING (run_id, cluster_key)

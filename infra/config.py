@@ -110,6 +110,13 @@ class ClusterConfig:
     # rules
     max_rules: int = 3
     max_conditions: int = 3
+    # daily runs: days after a full re-cluster during which runs assign new transactions to the
+    # existing clusters and re-cluster only the noise (0: every run re-clusters the whole window)
+    full_every_days: int = 7
+    # lineage (see operators/lineage.py)
+    lineage_min_overlap: float = 0.3
+    lineage_max_centroid_distance: float = 0.25
+    lineage_size_tolerance: float = 0.1
 
 
 @dataclass

@@ -87,7 +87,7 @@ class Run:
 
     @property
     def prefix(self) -> str:
-        return f"runs/{self.job}/{self.partition}/{self.run_id}/{self.attempt_id}"
+        return attempt_prefix(self.job, self.partition, self.run_id, self.attempt_id)
 
     def table_dir(self, table: str) -> str:
         return f"{self.prefix}/tables/{table}"
@@ -207,6 +207,15 @@ def _sum_rows(inputs: list[InputFile]) -> dict[str, int]:
     for i in inputs:
         totals[i.table] += i.rows
     return dict(totals)
+
+
+def attempt_prefix(job: str, partition: str, run_id: str, attempt_id: str) -> str:
+    """The folder holding one attempt's tables, quarantine and state."""
+    return f"runs/{job}/{partition}/{run_id}/{attempt_id}"
+
+
+def manifest_prefix(manifest: dict[str, Any]) -> str:
+    return attempt_prefix(manifest["job"], manifest["partition"], manifest["run_id"], manifest["attempt_id"])
 
 
 def commit_path(job: str, partition: str, run_id: str, attempt_id: str) -> str:

@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.job == "behavior-clusters":
         from lakelens.pipelines.behavior_clusters import run_behavior_clusters
 
-        manifest = run_behavior_clusters(lake, _day(args), config, force=args.force)
+        manifest = run_behavior_clusters(lake, _day(args), config, force=args.force, full=args.full)
     else:  # argparse restricts the choices
         raise AssertionError(args.job)
     if args.json:
@@ -96,6 +96,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not runs:
         raise FileNotFoundError(f"no published behavior-clusters run for {args.date}")
     print("evaluate:", measure_detection(lake, runs[0]).describe())
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from lakelens.infra.reviews import Review, record_review
+
+    lake = Lake(args.lake, _config(args).storage)
+    row = record_review(lake, Review(args.cluster_key, args.verdict, args.reviewer, args.comment or "", args.run))
+    print(f"review {row['review_id']}: {row['verdict']} on {row['cluster_key']} (run {row['run_id']}) by {row['reviewer']}")
     return 0
 
 
@@ -145,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="attach to a Ray cluster (default: RAY_ADDRESS, else local)")
     run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray")
     run.add_argument("--force", action="store_true", help="recompute even if this exact run is published")
+    run.add_argument("--full", action="store_true",
+                     help="behavior-clusters: re-cluster the whole window instead of continuing the previous run")
     run.add_argument("--json", action="store_true", help="print the manifest")
     run.set_defaults(fn=cmd_run)
 
@@ -153,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--date", required=True)
     ev.add_argument("--config")
     ev.set_defaults(fn=cmd_evaluate)
+
+    rev = sub.add_parser("review", help="record a reviewer's verdict on a cluster (append-only)")
+    rev.add_argument("--lake", required=True)
+    rev.add_argument("--cluster-key", required=True)
+    rev.add_argument("--verdict", required=True, help="fraud, legit or needs_more_info")
+    rev.add_argument("--reviewer", required=True)
+    rev.add_argument("--comment")
+    rev.add_argument("--run", help="the run reviewed (default: the latest published run with this cluster)")
+    rev.add_argument("--config")
+    rev.set_defaults(fn=cmd_review)
 
     sql = sub.add_parser("sql", help="DuckDB over the lake's catalog views")
     sql.add_argument("--lake", required=True)
@@ -170,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnreadableInputError as exc:
         print(f"lakelens: error: {exc}", file=sys.stderr)
         code = 2
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+    except (LookupError, FileNotFoundError, ValueError, ConnectionError) as exc:
         print(f"lakelens: error: {exc}", file=sys.stderr)
         code = 2
     except Exception as exc:  # Ray wraps task errors; surface the cause named by our own error types

@@ -52,6 +52,16 @@ class ExpertFeatureEncoder:
             blocks.append(np.stack([values == c for c in self.categories[name]], axis=1).astype(np.float64))
         return np.hstack(blocks).astype(np.float32) if blocks else np.zeros((table.num_rows, 0), np.float32)
 
+    def to_dict(self) -> dict:
+        """The fitted state as plain JSON, so a later run scales new rows exactly as this one did."""
+        return {"spec": {k: list(v) for k, v in vars(self.spec).items()}, "centers": self.centers,
+                "scales": self.scales, "categories": self.categories}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "ExpertFeatureEncoder":
+        spec = ExpertFeatureSpec(**{k: tuple(v) for k, v in state["spec"].items()})
+        return cls(spec, dict(state["centers"]), dict(state["scales"]), {k: list(v) for k, v in state["categories"].items()})
+
     @property
     def names(self) -> list[str]:
         return ([*self.spec.numeric, *self.spec.boolean]

@@ -3,14 +3,26 @@ and explain each with SQL rules and a narrative.
 
     for each day in the window: sequences (build-sequences) -> embeddings (embed)      [reused when published]
     transactions(window) --validate--+
-    sequence_embeddings(window) -----+--> hybrid features --> pHDBSCAN --> cluster risk --> flagged
-        --> rules (beam search over expert-feature predicates) --> metrics by DuckDB over the lake
-        --> narratives --> txn_clusters, clusters, cluster_rules --> publish
+    sequence_embeddings(window) -----+--> hybrid features
+        --> full:        pHDBSCAN over the window, clusters matched to the previous run (lineage)
+            incremental: earlier assignments kept, new transactions -> pHDBSCAN predict,
+                         noise -> pHDBSCAN again (emerging clusters)
+        --> cluster risk --> flagged --> rules (beam search over expert-feature predicates)
+        --> metrics by DuckDB over the lake --> narratives
+        --> txn_clusters, clusters (with lineage status), cluster_rules, state --> publish
+
+A run is incremental when the previous published run left clustering state with the same
+features and settings and its full re-cluster is less than `full_every_days` old; `--full`
+forces a full re-cluster. The state (expert scaling, the model chain, centroids) lives in the
+run's folder, so it is published, or not, with the run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -22,16 +34,22 @@ from lakelens.infra.config import ClusterConfig, LakelensConfig
 from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, TRANSACTIONS
 from lakelens.infra.lake_io import collect_table, read_validated
 from lakelens.infra.ray_runtime import init_ray
-from lakelens.infra.runs import InputFile, Run, begin_run, describe_inputs, published_output
+from lakelens.infra.runs import (
+    InputFile, Run, begin_run, describe_inputs, latest_per_partition, manifest_prefix, published_manifests,
+    published_output,
+)
 from lakelens.infra.storage import Lake
+from lakelens.operators.assignment import Assignment, KeyedModel, assign_to_chain, cluster_noise
 from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features
 from lakelens.operators.hdbscan import PHDBSCAN
+from lakelens.operators.lineage import GONE, LineageParams, centroids, lineage_status, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
 from lakelens.operators.rules import RuleSearch, candidate_predicates, induce_rules
 from lakelens.pipelines.build_sequences import run_build_sequences
 from lakelens.pipelines.embed import TABLE as EMBEDDINGS, run_embed
 
 JOB = "behavior-clusters"
+FULL, INCREMENTAL = "full", "incremental"
 
 TXN_CLUSTERS_SCHEMA = pa.schema([
     ("transaction_id", pa.string()), ("dt", pa.string()), ("run_id", pa.string()), ("cluster_key", pa.string()),
@@ -44,8 +62,8 @@ CLUSTERS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("cluster_key", pa.string()), ("cluster_id", pa.int64()), ("size", pa.int64()),
     ("labelled", pa.int64()), ("fraud", pa.int64()), ("fraud_rate", pa.float64()), ("fraud_rate_lower", pa.float64()),
     ("lift", pa.float64()), ("declined_share", pa.float64()), ("amount", pa.float64()), ("persistence", pa.float64()),
-    ("flagged", pa.bool_()), ("lineage_status", pa.string()), ("top_event_types", pa.list_(pa.string())),
-    ("narrative", pa.string()),
+    ("flagged", pa.bool_()), ("lineage_status", pa.string()), ("previous_size", pa.int64()),
+    ("top_event_types", pa.list_(pa.string())), ("narrative", pa.string()),
 ])
 RULES_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("cluster_key", pa.string()), ("rule_id", pa.string()), ("sql_predicate", pa.string()),
@@ -60,7 +78,57 @@ def spec_of(cfg: ClusterConfig) -> ExpertFeatureSpec:
                              log_scaled=tuple(c for c in ExpertFeatureSpec().log_scaled if c in cfg.expert_numeric))
 
 
-def run_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
+@dataclass
+class PreviousRun:
+    """The latest published run before this day, and the clustering state it left (None before state existed)."""
+
+    manifest: dict[str, Any]
+    state: dict[str, Any] | None
+
+    @property
+    def day(self) -> date:
+        return date.fromisoformat(self.manifest["partition"].removeprefix("dt="))
+
+    def table(self, lake: Lake, table: str, columns: list[str]) -> pa.Table:
+        files = self.manifest["outputs"][table]["files"]
+        return pa.concat_tables([lake.read_table(f["path"], columns=columns) for f in files])
+
+
+def previous_run(lake: Lake, day: date) -> PreviousRun | None:
+    earlier = [m for m in latest_per_partition(published_manifests(lake, JOB)) if m["partition"] < f"dt={day}"]
+    if not earlier:
+        return None
+    manifest = max(earlier, key=lambda m: m["partition"])
+    state_path = f"{manifest_prefix(manifest)}/state/state.json"
+    return PreviousRun(manifest, lake.read_json(state_path) if lake.exists(state_path) else None)
+
+
+def clustering_fingerprint(cfg: ClusterConfig, model: str) -> str:
+    """What must be unchanged for new transactions to join yesterday's clusters."""
+    same = {"model": model, "spec": vars(spec_of(cfg)), "weights": [cfg.expert_weight, cfg.embedding_weight],
+            "hdbscan": [cfg.min_cluster_size, cfg.min_samples, cfg.cluster_selection_method, cfg.max_cluster_share]}
+    return hashlib.sha256(json.dumps(same, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def choose_mode(day: date, cfg: ClusterConfig, fingerprint: str, previous: PreviousRun | None,
+                full: bool) -> tuple[str, str]:
+    """(mode, reason): incremental only when yesterday's clusters still describe today's features."""
+    if full:
+        return FULL, "full re-cluster requested"
+    if previous is None:
+        return FULL, "no earlier published run"
+    if previous.state is None:
+        return FULL, f"earlier run {previous.manifest['run_id']} left no clustering state"
+    if previous.state["fingerprint"] != fingerprint:
+        return FULL, "the encoder, expert features or clustering settings changed since the last run"
+    base_day = date.fromisoformat(previous.state["base_day"])
+    if (day - base_day).days >= cfg.full_every_days:
+        return FULL, f"scheduled: the last full re-cluster was on {base_day} (full_every_days={cfg.full_every_days})"
+    return INCREMENTAL, f"continues {previous.manifest['run_id']} (full re-cluster on {base_day})"
+
+
+def run_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, force: bool = False,
+                          full: bool = False) -> dict[str, Any]:
     cfg = config.clusters
     days = [day - timedelta(days=k) for k in range(cfg.window_days - 1, -1, -1)]
     init_ray(config.ray)
@@ -72,20 +140,28 @@ def run_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, force: 
     for d in days:
         inputs += published_output(lake, "embed", f"dt={d}", EMBEDDINGS)[1]
     inputs += describe_inputs(lake, "transactions", [f"transactions/dt={d}" for d in days])
+    model = embed_runs[-1]["params"]["model"]
+    previous = previous_run(lake, day)
+    fingerprint = clustering_fingerprint(cfg, model)
+    mode, reason = choose_mode(day, cfg, fingerprint, previous, full)
     params = {"date": day.isoformat(), "window": [d.isoformat() for d in days], "clusters": vars(cfg).copy(),
-              "model": embed_runs[-1]["params"]["model"]}
+              "model": model, "mode": mode,
+              "previous_run": previous and f"{previous.manifest['run_id']}/{previous.manifest['attempt_id']}"}
     run, existing = begin_run(lake, JOB, f"dt={day}", params, inputs, force=force)
     if existing is not None:
         print(f"behavior-clusters: {run.run_id} is already published (attempt {existing['attempt_id']}); nothing to do")
         return existing
+    run.metrics["mode"] = {"mode": mode, "reason": reason}
+    print(f"behavior-clusters: {mode} run for {day}: {reason}")
     try:
-        return _execute(run, lake, cfg, inputs)
+        return _execute(run, lake, cfg, inputs, previous if mode == INCREMENTAL else None, previous, fingerprint)
     except BaseException as exc:
         run.record_failure(exc)
         raise
 
 
-def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) -> dict[str, Any]:
+def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile], continues: PreviousRun | None,
+             previous: PreviousRun | None, fingerprint: str) -> dict[str, Any]:
     spec = spec_of(cfg)
     with run.stage("load"):
         txn_files = [i for i in inputs if i.table == "transactions"]
@@ -106,44 +182,148 @@ def _execute(run: Run, lake: Lake, cfg: ClusterConfig, inputs: list[InputFile]) 
         raise ValueError(f"only {n} transactions with embeddings in the window; need at least {cfg.min_cluster_size}")
 
     with run.stage("features"):
-        experts = ExpertFeatureEncoder(spec).fit(txns).transform(txns)
+        encoder = (ExpertFeatureEncoder.from_dict(continues.state["encoder"]) if continues
+                   else ExpertFeatureEncoder(spec).fit(txns))
         embedding = np.asarray(embeddings.column("embedding").combine_chunks().values, dtype=np.float32).reshape(n, -1)
-        features = hybrid_features(experts, embedding, cfg.expert_weight, cfg.embedding_weight)
+        features = hybrid_features(encoder.transform(txns), embedding, cfg.expert_weight, cfg.embedding_weight)
+    ids = txns.column("transaction_id")
     with run.stage("cluster"):
-        max_size = max(cfg.min_cluster_size, int(cfg.max_cluster_share * n)) if cfg.max_cluster_share > 0 else 0
-        model = PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
-                         cluster_selection_method=cfg.cluster_selection_method,
-                         max_cluster_size=max_size).fit(features)
-        labels = model.labels_
+        if continues:
+            assignment, chain = _cluster_incremental(run, lake, cfg, ids, features, continues)
+        else:
+            assignment, chain = _cluster_full(run, lake, cfg, ids, features, previous)
+        cluster_keys = sorted({k for k in assignment.keys if k is not None})
+        number = {key: i for i, key in enumerate(cluster_keys)}
+        labels = np.array([number[k] if k is not None else -1 for k in assignment.keys], dtype=np.int64)
+        keys = dict(enumerate(cluster_keys))
     with run.stage("risk"):
         label = pc.fill_null(pc.cast(txns.column("label"), pa.int64()), -1).to_numpy(zero_copy_only=False)
         declined = pc.equal(txns.column("status"), "declined").to_numpy(zero_copy_only=False)
         amount = pc.cast(txns.column("amount"), pa.float64()).to_numpy(zero_copy_only=False)
         thresholds = RiskThresholds(cfg.min_flag_size, cfg.min_labelled, cfg.min_fraud_rate_lower, cfg.min_lift)
-        risk = cluster_risk(labels, label, declined, amount, model.cluster_persistence_, thresholds)
-        keys = _cluster_keys(txns.column("transaction_id"), labels, run.partition)
+        persistence = np.array([assignment.persistence.get(k, 0.0) for k in cluster_keys])
+        risk = cluster_risk(labels, label, declined, amount, persistence, thresholds)
         txn_clusters = pa.table({
-            "transaction_id": txns.column("transaction_id"), "dt": embeddings.column("dt"),
-            "run_id": pa.array([run.run_id] * n), "cluster_key": pa.array([keys.get(int(c)) for c in labels], pa.string()),
-            "cluster_id": pa.array(labels.astype(np.int64)), "probability": pa.array(model.probabilities_),
-            "outlier_score": pa.array(model.outlier_scores_), "embedding": embeddings.column("embedding"),
+            "transaction_id": ids, "dt": embeddings.column("dt"),
+            "run_id": pa.array([run.run_id] * n), "cluster_key": pa.array(assignment.keys.tolist(), pa.string()),
+            "cluster_id": pa.array(labels), "probability": pa.array(assignment.probabilities),
+            "outlier_score": pa.array(assignment.outlier_scores), "embedding": embeddings.column("embedding"),
             "top_events": embeddings.column("top_events"),
         }, schema=TXN_CLUSTERS_SCHEMA)
         lake.write_table(f"{run.table_dir('txn_clusters')}/part-00000.parquet", txn_clusters)
 
     with run.stage("rules"):
         rules = _rules(run, lake, cfg, txns, labels, risk, keys)
-    clusters = _clusters_table(run, risk, keys, labels, embeddings, rules, n)
+    previous_sizes = _previous_sizes(lake, previous)
+    clusters = _clusters_table(run, cfg, risk, keys, labels, embeddings, rules, n, previous_sizes)
     lake.write_table(f"{run.table_dir('clusters')}/part-00000.parquet", clusters)
     lake.write_table(f"{run.table_dir('cluster_rules')}/part-00000.parquet", rules)
+    _save_state(run, lake, fingerprint, encoder, chain, features, labels, keys,
+                continues.state["base_day"] if continues else run.params["date"])
+    statuses = pc.value_counts(clusters.column("lineage_status")).to_pylist()
     run.metrics["clusters"] = {"clusters": risk.num_rows, "flagged": int(pc.sum(risk.column("flagged")).as_py() or 0),
-                               "noise_share": round(float((labels < 0).mean()), 4), "rules": rules.num_rows}
+                               "noise_share": round(float((labels < 0).mean()), 4), "rules": rules.num_rows,
+                               "lineage": {s["values"]: s["counts"] for s in statuses}}
     manifest = run.commit(expected_tables={"txn_clusters": TXN_CLUSTERS_SCHEMA, "clusters": CLUSTERS_SCHEMA,
                                            "cluster_rules": RULES_SCHEMA})
     m = manifest["metrics"]["clusters"]
     print(f"behavior-clusters: {n:,} transactions -> {m['clusters']} clusters ({m['noise_share']:.0%} noise), "
-          f"{m['flagged']} flagged, {m['rules']} rules; timings {manifest['timings_s']}")
+          f"{m['flagged']} flagged, {m['rules']} rules; lineage {m['lineage']}; timings {manifest['timings_s']}")
     return manifest
+
+
+def _new_model(cfg: ClusterConfig, window_size: int) -> PHDBSCAN:
+    max_size = max(cfg.min_cluster_size, int(cfg.max_cluster_share * window_size)) if cfg.max_cluster_share > 0 else 0
+    return PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
+                    cluster_selection_method=cfg.cluster_selection_method, max_cluster_size=max_size)
+
+
+def _lineage_params(cfg: ClusterConfig) -> LineageParams:
+    return LineageParams(cfg.lineage_min_overlap, cfg.lineage_max_centroid_distance, cfg.lineage_size_tolerance)
+
+
+def _cluster_full(run: Run, lake: Lake, cfg: ClusterConfig, ids: pa.ChunkedArray, features: np.ndarray,
+                  previous: PreviousRun | None) -> tuple[Assignment, list[dict[str, Any]]]:
+    """pHDBSCAN over the whole window; clusters that continue the previous run's keep their keys."""
+    model = _new_model(cfg, features.shape[0]).fit(features)
+    labels = model.labels_
+    keys = _cluster_keys(ids, labels, run.partition)
+    if previous is not None:
+        before = previous.table(lake, "txn_clusters", ["transaction_id", "cluster_key"])
+        overlap = member_overlap(before.column("transaction_id"), before.column("cluster_key"), ids, labels)
+        keys.update(match_clusters(overlap, _previous_centroids(lake, previous), centroids(features, labels),
+                                   _lineage_params(cfg)))
+    run.metrics["assignment"] = {"reclustered": int(features.shape[0]), "clusters": len(keys)}
+    link = _save_model(run, lake, "model-base", model, keys)
+    assignment = Assignment(np.array([keys.get(int(c)) for c in labels], dtype=object), model.probabilities_,
+                            model.outlier_scores_, {k: float(model.cluster_persistence_[c]) for c, k in keys.items()})
+    return assignment, [link]
+
+
+def _cluster_incremental(run: Run, lake: Lake, cfg: ClusterConfig, ids: pa.ChunkedArray, features: np.ndarray,
+                         continues: PreviousRun) -> tuple[Assignment, list[dict[str, Any]]]:
+    """Earlier assignments stay; new transactions go through the model chain; noise is clustered again."""
+    chain_refs = list(continues.state["chain"])
+    chain = [KeyedModel(PHDBSCAN.load(lake, ref["dir"]), {int(c): k for c, k in ref["keys"].items()})
+             for ref in chain_refs]
+    before = continues.table(lake, "txn_clusters", ["transaction_id", "cluster_key", "probability", "outlier_score"])
+    position = pc.index_in(ids, value_set=before.column("transaction_id")).to_numpy(zero_copy_only=False)
+    carried = ~np.isnan(position.astype(np.float64))
+    at = position[carried].astype(np.int64)
+    n = features.shape[0]
+    keys = np.full(n, None, dtype=object)
+    probabilities, outlier_scores = np.zeros(n), np.ones(n)
+    keys[carried] = np.array(before.column("cluster_key").to_pylist(), dtype=object)[at]
+    probabilities[carried] = before.column("probability").to_numpy()[at]
+    outlier_scores[carried] = before.column("outlier_score").to_numpy()[at]
+    new = np.flatnonzero(~carried)
+    predicted = assign_to_chain(features[new], chain)
+    keys[new], probabilities[new], outlier_scores[new] = predicted.keys, predicted.probabilities, predicted.outlier_scores
+    assignment = Assignment(keys, probabilities, outlier_scores, predicted.persistence)
+    pool = int(assignment.noise.sum())
+    emerging = cluster_noise(features, assignment, _new_model(cfg, n), cfg.min_cluster_size,
+                             lambda rows, labels: _cluster_keys(ids.take(pa.array(rows)), labels, run.partition))
+    if emerging is not None:
+        chain_refs.append(_save_model(run, lake, "model-emerging", emerging.model, emerging.keys))
+    run.metrics["assignment"] = {
+        "carried": int(carried.sum()), "new": int(new.size), "joined_existing": int((~predicted.noise).sum()),
+        "noise_pool": pool, "emerging_clusters": len(emerging.keys) if emerging else 0,
+        "emerging_members": pool - int(assignment.noise.sum()),
+    }
+    return assignment, chain_refs
+
+
+def _save_model(run: Run, lake: Lake, name: str, model: PHDBSCAN, keys: dict[int, str]) -> dict[str, Any]:
+    directory = f"{run.prefix}/state/{name}"
+    model.save(lake, directory)
+    return {"dir": directory, "keys": {str(c): k for c, k in keys.items()}}
+
+
+def _save_state(run: Run, lake: Lake, fingerprint: str, encoder: ExpertFeatureEncoder, chain: list[dict[str, Any]],
+                features: np.ndarray, labels: np.ndarray, keys: dict[int, str], base_day: str) -> None:
+    """What the next day's run needs to continue this one; written before the manifest, so published with it."""
+    means = centroids(features, labels)
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.array([keys[c] for c in means], dtype=str),
+             centroids=np.array([means[c] for c in means]).reshape(len(means), features.shape[1]))
+    lake.write_bytes(f"{run.prefix}/state/centroids.npz", buffer.getvalue())
+    lake.write_json(f"{run.prefix}/state/state.json", {
+        "fingerprint": fingerprint, "base_day": base_day, "encoder": encoder.to_dict(), "chain": chain,
+        "centroids": f"{run.prefix}/state/centroids.npz"})
+
+
+def _previous_centroids(lake: Lake, previous: PreviousRun) -> dict[str, np.ndarray]:
+    if previous.state is None:
+        return {}
+    arrays = np.load(io.BytesIO(lake.read_bytes(previous.state["centroids"])))
+    return dict(zip(arrays["keys"].tolist(), arrays["centroids"]))
+
+
+def _previous_sizes(lake: Lake, previous: PreviousRun | None) -> dict[str, int]:
+    if previous is None:
+        return {}
+    table = previous.table(lake, "clusters", ["cluster_key", "size", "lineage_status"]).to_pylist()
+    return {r["cluster_key"]: r["size"] for r in table if r["lineage_status"] != GONE}
 
 
 def _cluster_keys(transaction_ids: pa.Array, labels: np.ndarray, partition: str) -> dict[int, str]:
@@ -222,21 +402,33 @@ def _top_event_types(embeddings: pa.Table, labels: np.ndarray, k: int = 3) -> di
     return out
 
 
-def _clusters_table(run: Run, risk: pa.Table, keys: dict[int, str], labels: np.ndarray, embeddings: pa.Table,
-                    rules: pa.Table, n: int) -> pa.Table:
+def _clusters_table(run: Run, cfg: ClusterConfig, risk: pa.Table, keys: dict[int, str], labels: np.ndarray,
+                    embeddings: pa.Table, rules: pa.Table, n: int, previous_sizes: dict[str, int]) -> pa.Table:
+    """One row per cluster of this run, plus a `gone` row for each of the previous run's that did not continue."""
     rule_rows = rules.to_pylist()
     top_events = _top_event_types(embeddings, labels)
     rows = []
     for r in risk.to_pylist():
-        cluster = r["cluster_id"]
+        cluster, key = r["cluster_id"], keys[r["cluster_id"]]
         top = top_events.get(cluster, [])
-        mine = [x for x in rule_rows if x["cluster_key"] == keys[cluster]]
-        rows.append({"run_id": run.run_id, "cluster_key": keys[cluster], **r, "lineage_status": "new",
-                     "top_event_types": top, "narrative": narrative(r, n, top, mine) if r["flagged"] else ""})
+        mine = [x for x in rule_rows if x["cluster_key"] == key]
+        before = previous_sizes.get(key)
+        status = lineage_status(before, r["size"], cfg.lineage_size_tolerance)
+        rows.append({"run_id": run.run_id, "cluster_key": key, **r, "lineage_status": status, "previous_size": before,
+                     "top_event_types": top,
+                     "narrative": narrative(r, n, top, mine, status, before) if r["flagged"] else ""})
+    continuing = set(keys.values())
+    for key, before in sorted(previous_sizes.items()):
+        if key not in continuing:
+            rows.append({"run_id": run.run_id, "cluster_key": key, "cluster_id": None, "size": 0, "labelled": 0,
+                         "fraud": 0, "fraud_rate": 0.0, "fraud_rate_lower": 0.0, "lift": 0.0, "declined_share": 0.0,
+                         "amount": 0.0, "persistence": 0.0, "flagged": False, "lineage_status": GONE,
+                         "previous_size": before, "top_event_types": [], "narrative": ""})
     return pa.Table.from_pylist(rows, schema=CLUSTERS_SCHEMA)
 
 
-def narrative(risk: dict[str, Any], total: int, top_events: list[str], rules: list[dict[str, Any]]) -> str:
+def narrative(risk: dict[str, Any], total: int, top_events: list[str], rules: list[dict[str, Any]],
+              status: str, previous_size: int | None) -> str:
     """Plain words for a reviewer, from the cluster's numbers, its typical events and its rules."""
     parts = [
         f"{risk['size']:,} transactions ({risk['size'] / max(total, 1):.1%} of the window) behave alike.",
@@ -252,4 +444,8 @@ def narrative(risk: dict[str, Any], total: int, top_events: list[str], rules: li
         parts.append(f"Most of them can be found with: {best['description']} "
                      f"(matches {best['support']:,}, {best['precision']:.0%} of them in this cluster, "
                      f"{best['coverage']:.0%} of the cluster).")
+    if previous_size is None:
+        parts.append("The cluster is new in this run.")
+    else:
+        parts.append(f"It continues a cluster of {previous_size:,} in the previous run ({status}).")
     return " ".join(parts)

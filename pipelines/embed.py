@@ -68,6 +68,10 @@ def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: s
             batch_format="pyarrow",
             num_gpus=1 if gpus else 0,
             num_cpus=0 if gpus else 1,
+            # a lost actor (its worker or node died) is restarted and its batches retried; output
+            # files are named by task, so a retried write replaces its own file
+            max_restarts=-1,
+            max_task_retries=-1,
         )
         embeddings.write_parquet(lake.path(run.table_dir(TABLE)), filesystem=lake.fs)
     run.metrics["embed"] = {**_summarise(run), "actors": actors, "device": "cuda" if gpus else "cpu",

@@ -15,7 +15,7 @@ from lakelens.operators.rules import Predicate, RuleSearch, candidate_predicates
 from lakelens.pipelines.behavior_clusters import run_behavior_clusters
 from lakelens.pipelines.synthetic_truth import measure_detection
 
-from .conftest import ENCODER_CONFIG, TRAIN_DAYS
+from .conftest import ENCODER_CONFIG, SPARE_DAY, TRAIN_DAYS
 
 DAY = TRAIN_DAYS[-1]
 
@@ -159,3 +159,116 @@ def test_analyst_views_and_apply_rule_macro_return_what_the_tables_promise(clust
         applied = con.execute(f"SELECT count(*) FROM apply_rule('{rule_id}') WHERE dt IN ({window})").fetchone()[0]
         assert applied == support, rule_id
     assert con.execute("SELECT count(*) FROM cluster_history").fetchone()[0] >= flagged
+
+
+# -- daily incremental runs and lineage --
+
+@pytest.fixture(scope="module")
+def next_day(clustered):
+    lake, _ = clustered
+    # other tests here publish expert-only and embedding-only runs of DAY; make the hybrid one visible again
+    day_run = run_behavior_clusters(lake, DAY, _config(), force=True)
+    return lake, day_run, run_behavior_clusters(lake, SPARE_DAY, _config())
+
+
+def _table(lake, manifest, table):
+    return pa.concat_tables([lake.read_table(f["path"]) for f in manifest["outputs"][table]["files"]])
+
+
+def test_the_next_day_continues_the_previous_run_keeping_its_assignments(next_day):
+    lake, day_run, manifest = next_day
+    assert manifest["params"]["mode"] == "incremental"
+    assert manifest["params"]["previous_run"] == f"{day_run['run_id']}/{day_run['attempt_id']}"
+    before = {r["transaction_id"]: r["cluster_key"] for r in _table(lake, day_run, "txn_clusters").to_pylist()}
+    after = _table(lake, manifest, "txn_clusters").to_pylist()
+    assert len({r["transaction_id"] for r in after}) == len(after)  # each transaction once
+    carried = [r for r in after if r["transaction_id"] in before]
+    moved_out_of_noise = [r for r in carried if before[r["transaction_id"]] is None and r["cluster_key"] is not None]
+    assert all(r["cluster_key"] == before[r["transaction_id"]] for r in carried if before[r["transaction_id"]])
+    assignment = manifest["metrics"]["assignment"]
+    assert assignment["carried"] == len(carried)
+    assert assignment["new"] == sum(1 for r in after if r["dt"] == str(SPARE_DAY))
+    assert assignment["joined_existing"] > 0
+    assert len(moved_out_of_noise) <= assignment["emerging_members"]
+
+
+def test_an_incremental_day_still_meets_the_detection_bar(next_day):
+    lake, _, manifest = next_day
+    detection = measure_detection(lake, manifest)
+    print(f"\nincremental: {detection.describe()}")
+    assert detection.caught >= 0.8 and detection.precision >= 0.7
+
+
+def test_lineage_statuses_compare_each_key_with_its_size_in_the_previous_run(next_day):
+    lake, day_run, manifest = next_day
+    sizes_before = {r["cluster_key"]: r["size"] for r in _table(lake, day_run, "clusters").to_pylist()}
+    rows = _table(lake, manifest, "clusters").to_pylist()
+    assert {r["lineage_status"] for r in rows} <= {"new", "growing", "stable", "shrinking", "gone"}
+    for r in rows:
+        assert r["previous_size"] == sizes_before.get(r["cluster_key"])
+        if r["lineage_status"] == "gone":
+            assert r["size"] == 0 and not r["flagged"] and r["cluster_key"] in sizes_before
+        elif r["lineage_status"] == "new":
+            assert r["cluster_key"] not in sizes_before
+    continuing = [r for r in rows if r["lineage_status"] in ("growing", "stable", "shrinking")]
+    assert len(continuing) >= len(sizes_before) // 2
+
+
+def test_a_full_recluster_on_demand_keeps_the_keys_of_clusters_that_continue(next_day):
+    lake, day_run, _ = next_day
+    manifest = run_behavior_clusters(lake, SPARE_DAY, _config(), full=True)
+    assert manifest["params"]["mode"] == "full" and manifest["metrics"]["mode"]["reason"] == "full re-cluster requested"
+    before = _table(lake, day_run, "clusters").to_pylist()
+    after = {r["cluster_key"]: r for r in _table(lake, manifest, "clusters").to_pylist()}
+    kept = [r for r in before if after.get(r["cluster_key"], {}).get("lineage_status", "gone") != "gone"]
+    assert len(kept) >= 0.6 * len(before)
+    flagged_before = {r["cluster_key"] for r in before if r["flagged"]}
+    assert flagged_before & {k for k, r in after.items() if r["flagged"]}
+    assert measure_detection(lake, manifest).caught >= 0.8
+
+
+def test_a_run_is_incremental_only_while_the_previous_state_still_applies():
+    from lakelens.pipelines.behavior_clusters import FULL, INCREMENTAL, PreviousRun, choose_mode
+
+    cfg = _config().clusters
+    manifest = {"run_id": "behavior-clusters-dt2026-01-03-x", "partition": "dt=2026-01-03"}
+    state = {"fingerprint": "f1", "base_day": "2026-01-01"}
+    today = DAY.replace(day=4)
+    assert choose_mode(today, cfg, "f1", PreviousRun(manifest, state), False)[0] == INCREMENTAL
+    assert choose_mode(today, cfg, "f1", PreviousRun(manifest, state), True) == (FULL, "full re-cluster requested")
+    assert choose_mode(today, cfg, "f1", None, False)[1] == "no earlier published run"
+    assert "left no clustering state" in choose_mode(today, cfg, "f1", PreviousRun(manifest, None), False)[1]
+    assert "changed" in choose_mode(today, cfg, "f2", PreviousRun(manifest, state), False)[1]
+    weekly = dataclasses.replace(cfg, full_every_days=3)
+    assert choose_mode(today, weekly, "f1", PreviousRun(manifest, state), False)[1].startswith("scheduled")
+
+
+# -- reviewers' verdicts --
+
+def test_reviews_are_appended_never_rewritten_and_the_latest_shows_on_flagged_clusters(clustered):
+    from lakelens.infra.reviews import Review, record_review
+
+    lake, _ = clustered
+    key = open_catalog(lake).execute("SELECT cluster_key FROM flagged_clusters LIMIT 1").fetchone()[0]
+    first = record_review(lake, Review(key, "fraud", "alice", "new-device ring"))
+    second = record_review(lake, Review(key, "needs_more_info", "bob"))
+    con = open_catalog(lake)
+    history = con.execute("SELECT review_id, verdict, reviewer, comment FROM cluster_reviews WHERE cluster_key = ? "
+                          "ORDER BY reviewed_at", [key]).fetchall()
+    assert history[-2:] == [(first["review_id"], "fraud", "alice", "new-device ring"),
+                            (second["review_id"], "needs_more_info", "bob", "")]
+    latest = con.execute("SELECT DISTINCT latest_verdict, latest_reviewer FROM flagged_clusters WHERE cluster_key = ?",
+                         [key]).fetchall()
+    assert latest == [("needs_more_info", "bob")]
+
+
+def test_a_review_of_an_unknown_cluster_or_with_an_unknown_verdict_is_refused(clustered):
+    from lakelens.infra.reviews import Review, record_review
+
+    lake, _ = clustered
+    with pytest.raises(LookupError, match="no published cluster 'ck-missing'"):
+        record_review(lake, Review("ck-missing", "fraud", "alice"))
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        record_review(lake, Review("ck-missing", "maybe", "alice"))
+    with pytest.raises(ValueError, match="reviewer"):
+        record_review(lake, Review("ck-missing", "fraud", "  "))

@@ -180,6 +180,21 @@ def test_approximate_predict_puts_training_points_back_in_their_clusters():
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
+def test_predicted_outlier_scores_agree_with_hdbscan_approximate_predict_scores():
+    import hdbscan
+    from hdbscan.prediction import approximate_predict_scores
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(3000, centers=5, cluster_std=[0.5, 1, 1.5, 0.8, 2], random_state=3)
+    rng = np.random.default_rng(0)
+    probe = np.vstack([X[:300] + rng.normal(0, 0.3, (300, 2)), rng.uniform(-15, 15, (100, 2))])
+    reference = hdbscan.HDBSCAN(min_cluster_size=25, min_samples=10, prediction_data=True).fit(X)
+    labels, probs, scores = PHDBSCAN(min_cluster_size=25, min_samples=10).fit(X).predict_with_scores(probe)
+    assert np.corrcoef(approximate_predict_scores(reference, probe), scores)[0, 1] >= 0.95
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert scores[300:].mean() > scores[:300].mean()
+
+
 def test_a_fitted_model_saves_to_and_loads_from_the_lake(lake):
     X = _blobs_with_noise(800, seed=7)
     model = PHDBSCAN(min_cluster_size=20).fit(X)

@@ -190,43 +190,65 @@ class PHDBSCAN:
 
     def approximate_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Labels and probabilities for new points without re-clustering (hdbscan's approximate_predict)."""
+        labels, probabilities, _ = self.predict_with_scores(X)
+        return labels, probabilities
+
+    def predict_with_scores(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels, membership probabilities and GLOSH outlier scores for new points.
+
+        A new point joins the tree beside its nearest training point by mutual reachability, at the
+        density level 1/distance; that is hdbscan's approximate_predict and approximate_predict_scores.
+        """
         points = prepare_data(X, self.params.metric)
-        n_train = self._data.shape[0]
-        samples = min(self.params.samples, n_train - 1)
-        if self._index is None:
-            self._index = knn_mod.build_index(self._data, method=self.params.knn_method, device=self.params.device,
-                                              nprobe=self.params.nprobe, seed=self.params.seed)
-        graph = knn_mod.search(self._index, self._data, points, min(n_train, 2 * samples))
+        count = points.shape[0]
         result = self.result_
-        core_new = graph.distances[:, min(samples, graph.distances.shape[1]) - 1]
-        mr = np.maximum(np.maximum(core_new[:, None], result.core_distances[graph.indices]), graph.distances)
-        best = np.argmin(mr, axis=1)
-        neighbour = graph.indices[np.arange(points.shape[0]), best]
-        with np.errstate(divide="ignore"):
-            lam = 1.0 / mr[np.arange(points.shape[0]), best]
         tree = result.condensed_tree
-        if tree.size == 0:
-            return np.full(points.shape[0], -1), np.zeros(points.shape[0])
+        if tree.size == 0 or count == 0:
+            return np.full(count, -1), np.zeros(count), np.ones(count)
+        neighbour, lam = self._nearest_by_reachability(points)
         ct = ClusterTree.from_condensed(tree)
         owner = selected_owner(ct, result.selected_clusters)
         point_rows = tree[tree["child"] < ct.root]
-        leaves_from = np.empty(n_train, dtype=np.int64)
+        leaves_from = np.empty(self._data.shape[0], dtype=np.int64)
         leaves_from[point_rows["child"]] = point_rows["parent"]
         deaths = cluster_deaths(tree, ct.root, ct.parent_of.size)
-        labels = np.full(points.shape[0], -1, dtype=np.int64)
-        probs = np.zeros(points.shape[0])
-        for i in range(points.shape[0]):
+        subtree_max = deaths.copy()
+        for idx in range(ct.parent_of.size - 1, 0, -1):  # children before parents
+            parent = ct.parent_of[idx] - ct.root
+            subtree_max[parent] = max(subtree_max[parent], subtree_max[idx])
+        labels = np.full(count, -1, dtype=np.int64)
+        probs = np.zeros(count)
+        scores = np.zeros(count)
+        for i in range(count):
             cluster = leaves_from[neighbour[i]]
             # the new point joins where its density level says: climb while the cluster was born denser
             while cluster != ct.root and ct.birth[cluster - ct.root] > lam[i]:
                 cluster = ct.parent_of[cluster - ct.root]
+            top = subtree_max[cluster - ct.root]
+            if np.isfinite(top) and top > 0 and np.isfinite(lam[i]):
+                scores[i] = max(0.0, (top - lam[i]) / top)
             label = owner[cluster - ct.root]
             if label < 0:
                 continue
             labels[i] = label
             max_lambda = deaths[result.selected_clusters[label] - ct.root]
             probs[i] = 1.0 if not np.isfinite(max_lambda) or max_lambda == 0 else min(lam[i], max_lambda) / max_lambda
-        return labels, probs
+        return labels, probs, scores
+
+    def _nearest_by_reachability(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per new point: the training point nearest by mutual reachability, and 1 / that distance."""
+        n_train = self._data.shape[0]
+        samples = min(self.params.samples, n_train - 1)
+        if self._index is None:
+            self._index = knn_mod.build_index(self._data, method=self.params.knn_method, device=self.params.device,
+                                              nprobe=self.params.nprobe, seed=self.params.seed)
+        graph = knn_mod.search(self._index, self._data, points, min(n_train, 2 * samples))
+        core_new = graph.distances[:, min(samples, graph.distances.shape[1]) - 1]
+        mr = np.maximum(np.maximum(core_new[:, None], self.result_.core_distances[graph.indices]), graph.distances)
+        best = np.argmin(mr, axis=1)
+        rows = np.arange(points.shape[0])
+        with np.errstate(divide="ignore"):
+            return graph.indices[rows, best], 1.0 / mr[rows, best]
 
     # -- persistence -------------------------------------------------------------------------------
 
