@@ -68,11 +68,7 @@ def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: s
             batch_format="pyarrow",
             num_gpus=1 if gpus else 0,
             num_cpus=0 if gpus else 1,
-            # a lost actor (its worker or node died) is restarted and its batches retried; output
-            # files are named by task, so a retried write replaces its own file
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
+        )  # Ray Data restarts a lost actor and retries its batches (tests/test_fault_tolerance.py)
         embeddings.write_parquet(lake.path(run.table_dir(TABLE)), filesystem=lake.fs)
     run.metrics["embed"] = {**_summarise(run), "actors": actors, "device": "cuda" if gpus else "cpu",
                             "upstream_truncated": sequences_run.get("metrics", {}).get("sequences", {}).get("truncated", 0),

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -124,6 +125,56 @@ def ray_local():
     init_ray(RayConfig(num_cpus=2, show_progress=False))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A multi-node Ray cluster started the way operators start one: `ray start` head plus a worker node.
+
+    Yields the environment a driver needs to attach (RAY_ADDRESS). Both nodes run on this machine,
+    each with one CPU, so work really spreads over two raylets.
+    """
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    # a short temp dir: Ray's unix socket paths must stay under ~107 characters
+    temp_dir = tempfile.mkdtemp(prefix="lkray", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    nodes = [head]
+    try:
+        address = None
+        for line in head.stdout:
+            if "ray start --address=" in line:
+                address = line.split("--address=")[1].strip().strip("'\"")
+                break
+        assert address, "the head node did not start"
+        worker = subprocess.Popen([ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1",
+                                   "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  env=env)
+        nodes.append(worker)
+        driver_env = {**env, "RAY_ADDRESS": address}
+        _wait_for_nodes(driver_env, 2)
+        yield driver_env
+    finally:
+        for node in reversed(nodes):  # SIGTERM stops these nodes only; `ray stop` would stop every Ray here
+            node.terminate()
+            node.wait(timeout=120)
+
+
+def _wait_for_nodes(env: dict[str, str], count: int, timeout_s: float = 90.0) -> None:
+    probe = ("import ray; ray.init(logging_level='ERROR'); "
+             "print(sum(1 for n in ray.nodes() if n['Alive']))")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1.0)
+    pytest.fail(f"the Ray cluster did not reach {count} nodes in {timeout_s:.0f} s")
 
 
 TEST_START = date(2026, 1, 1)

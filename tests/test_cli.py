@@ -47,31 +47,8 @@ def test_sql_lists_views_and_unreadable_input_is_a_clear_error(tmp_path):
     assert "view 'transactions' not created" in shell.stderr and "part-broken.parquet" in shell.stderr
 
 
-def test_the_job_attaches_to_a_running_ray_cluster_through_ray_address(tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    # a short temp dir: Ray's unix socket paths must stay under ~107 characters
-    temp_dir = tempfile.mkdtemp(prefix="lkray", dir="/tmp")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        address = None
-        for line in head.stdout:
-            if "ray start --address=" in line:
-                address = line.split("--address=")[1].strip().strip("'\"")
-                break
-        assert address, "the head node did not start"
-        lake = tmp_path / "lake"
-        _run(["generate", "--out", str(lake), "--users", "60", "--days", "2", "--seed", "4"])
-        env = {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
-        out = _run(["run", "build-sequences", "--lake", str(lake), "--date", "2026-01-02"], env=env)
-        assert "published" in out.stdout
-    finally:
-        head.terminate()  # SIGTERM stops this head's processes only; `ray stop` would stop every Ray here
-        head.wait(timeout=120)
+def test_the_job_attaches_to_a_running_ray_cluster_through_ray_address(tmp_path, ray_cluster):
+    lake = tmp_path / "lake"
+    _run(["generate", "--out", str(lake), "--users", "60", "--days", "2", "--seed", "4"])
+    out = _run(["run", "build-sequences", "--lake", str(lake), "--date", "2026-01-02"], env=ray_cluster)
+    assert "published" in out.stdout
