@@ -11,11 +11,12 @@ PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 
 DEMO_LAKE ?= $(CURDIR)/.demo-lake
 DEMO_USERS ?= 4000
-DEMO_DAYS ?= 3
+DEMO_DAYS ?= 4
 DEMO_DATE ?= 2026-01-02
 DEMO_DAYS_LIST ?= 2026-01-01 2026-01-02 2026-01-03
 DEMO_DATES ?= 2026-01-01..2026-01-03
 DEMO_LAST_DATE ?= 2026-01-03
+DEMO_NEXT_DATE ?= 2026-01-04
 DEMO_EPOCHS ?= 30
 
 .PHONY: setup demo test bench clean-demo
@@ -44,7 +45,14 @@ demo: setup
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT rule_id, sql_predicate, round(precision, 2) AS precision, round(coverage, 2) AS coverage, support, round(fraud_rate, 2) AS fraud_rate FROM cluster_rules ORDER BY rule_id" --max-rows 30
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT cluster_key, narrative FROM clusters WHERE flagged"
 	$(BIN)/lakelens evaluate --lake $(DEMO_LAKE) --date $(DEMO_LAST_DATE)
-	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c \"SELECT * FROM cluster_rules\"   (views: clusters, txn_clusters, cluster_rules, sequence_embeddings, sequences, runs, quarantine)"
+	@echo "--- the next day: an incremental run (new transactions join existing clusters, noise is re-clustered)"
+	$(BIN)/lakelens run behavior-clusters --lake $(DEMO_LAKE) --date $(DEMO_NEXT_DATE)
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT cluster_key, size, previous_size, lineage_status, flagged FROM cluster_history WHERE partition = 'dt=$(DEMO_NEXT_DATE)' ORDER BY flagged DESC, size DESC LIMIT 12"
+	$(BIN)/lakelens evaluate --lake $(DEMO_LAKE) --date $(DEMO_NEXT_DATE)
+	key=$$($(BIN)/lakelens sql --lake $(DEMO_LAKE) --raw -c "SELECT cluster_key FROM flagged_clusters WHERE partition = 'dt=$(DEMO_NEXT_DATE)' LIMIT 1"); \
+	  $(BIN)/lakelens review --lake $(DEMO_LAKE) --cluster-key $$key --verdict fraud --reviewer demo --comment "confirmed from the member click-streams"
+	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT partition, cluster_key, size, lineage_status, latest_verdict, latest_reviewer FROM flagged_clusters"
+	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE)   (views: flagged_clusters, cluster_members, rules, cluster_history, cluster_reviews, apply_rule('<rule_id>'), clusters, txn_clusters, cluster_rules, sequences, runs, quarantine; see README)"
 
 test: setup
 	$(BIN)/python -m pytest -q

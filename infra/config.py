@@ -120,6 +120,34 @@ class ClusterConfig:
 
 
 @dataclass
+class LensConfig:
+    """The semantic-lens job: which model, which layers, which foundation model, which concepts."""
+
+    model_id: str = ""
+    architecture: str = "tiny-cnn"  # a name in operators.lens.models, torchvision:<name>, timm:<name>, torchscript
+    weights: str = ""  # a path in the lake, or a local path
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    image_size: int = 0  # resize images to this before the model (0: as stored)
+    foundation: str = "lakelens-tiny-clip"  # an open_clip architecture
+    foundation_weights: str = ""  # a path in the lake, or a local path; never a hub download
+    vocabulary: list[str] = field(default_factory=list)  # concept labels to name components with
+    templates: list[str] = field(default_factory=lambda: ["a {}", "an image of a {}"])
+    top_k: int = 20
+    examples_mode: str = "relevance"  # which top-k the component embeddings come from: relevance or activation
+    composite: str = "epsilon-plus-flat"
+    target: str = "predicted"  # relevance of the predicted class, or of the label where known ("label")
+    batch_size: int = 128
+    actors: int = 0  # 0: one per GPU, else one per CPU
+    # audits: per class name, the concepts the model should rely on and the ones it must not
+    expected: dict[str, list[str]] = field(default_factory=dict)
+    spurious: dict[str, list[str]] = field(default_factory=dict)
+    min_alignment: float = 0.02  # a component counts for a concept above this alignment
+    max_spurious_share: float = 0.15  # an audit flags a class whose relevance goes this much to spurious concepts
+
+
+@dataclass
 class LakelensConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -127,6 +155,7 @@ class LakelensConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    lens: LensConfig = field(default_factory=LensConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":

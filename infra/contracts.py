@@ -256,4 +256,15 @@ SEQUENCES = TableContract(
     ),
 )
 
-CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS, SEQUENCES)}
+# An image dataset for the semantic lens; whether the bytes decode is checked where they are decoded.
+IMAGES = TableContract(
+    name="images",
+    key="sample_id",
+    columns=(
+        Column("sample_id", pa.string(), nullable=False),
+        Column("image", pa.binary(), nullable=False),
+        Column("label", pa.int64()),
+    ),
+)
+
+CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS, SEQUENCES, IMAGES)}

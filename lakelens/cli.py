@@ -22,8 +22,69 @@ def _config(args: argparse.Namespace) -> LakelensConfig:
         "encoder.epochs": getattr(args, "epochs", None),
         "clusters.window_days": getattr(args, "window_days", None),
         "encoder.num_workers": getattr(args, "workers", None),
+        "lens.model_id": getattr(args, "model_id", None),
+        "lens.layers": _split(getattr(args, "layers", None)),
+        "lens.vocabulary": _vocabulary(getattr(args, "vocabulary", None)),
     }
     return LakelensConfig.load(getattr(args, "config", None), overrides)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _vocabulary(path: str | None) -> list[str] | None:
+    """One concept label per line of a file."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+
+
+def cmd_generate_images(args: argparse.Namespace) -> int:
+    from lakelens.pipelines.lens_world import generate_lens_world, lens_config_for_world
+
+    lake = Lake(args.out, _config(args).storage)
+    summary = generate_lens_world(lake, n=args.n, seed=args.seed, clip_epochs=args.clip_epochs)
+    config_path = args.config_out or str(lake.uri("lens-world.toml"))
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(_toml({"lens": lens_config_for_world()}))
+    print(f"generate-images: {summary['images']:,} images, tiny CNN (loss {summary['classifier_loss']:.3f}) and tiny "
+          f"CLIP (loss {summary['clip_loss']:.3f}) trained in {summary['seconds']} s -> {args.out}; config {config_path}")
+    return 0
+
+
+def _toml(sections: dict) -> str:
+    def value(v) -> str:
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + "}"
+        raise TypeError(type(v))
+
+    lines = []
+    for name, body in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {value(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lakelens.pipelines.semantic_lens import search_components
+
+    lake = Lake(args.lake, _config(args).storage)
+    found = search_components(lake, args.text, args.model, top=args.top)
+    print(f"components of {args.model} closest to {args.text!r}:")
+    for row in found.to_pylist():
+        print(f"  {row['layer']}:{row['unit']:<4} similarity {row['similarity']:.3f}  label {row['label']!r} "
+              f"({row['label_score']:+.3f}), clarity {row['clarity']:.2f}")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -72,6 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from lakelens.pipelines.embed import run_embed
 
         manifest = run_embed(lake, _day(args), config, model_version=args.model, force=args.force)
+    elif args.job == "semantic-lens":
+        from lakelens.pipelines.semantic_lens import run_semantic_lens
+
+        manifest = run_semantic_lens(lake, args.dataset, config, force=args.force)
     elif args.job == "behavior-clusters":
         from lakelens.pipelines.behavior_clusters import run_behavior_clusters
 
@@ -112,15 +177,25 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from lakelens.infra.catalog import open_catalog
 
     con = open_catalog(Lake(args.lake, _config(args).storage))
+
+    def run(statement: str) -> None:
+        if args.raw:  # for shell scripts: tab-separated rows, no header
+            for row in con.execute(statement).fetchall():
+                print("\t".join("" if v is None else str(v) for v in row))
+            return
+        result = con.sql(statement)
+        if result is not None:  # statements such as CREATE or COPY return no relation
+            result.show(max_width=200, max_rows=args.max_rows)
+
     if args.command:
-        con.sql(args.command).show(max_width=200, max_rows=args.max_rows)
+        run(args.command)
         return 0
     print("lakelens sql: one statement per line; views:", ", ".join(
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()))
     for line in sys.stdin:
         if line.strip():
             try:
-                con.sql(line).show(max_width=200, max_rows=args.max_rows)
+                run(line)
             except Exception as exc:  # noqa: BLE001 - an interactive shell reports and goes on
                 print(f"error: {exc}", file=sys.stderr)
     return 0
@@ -140,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(fn=cmd_generate)
 
     run = sub.add_parser("run", help="run a job over the lake and publish its results")
-    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed", "behavior-clusters"])
+    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed", "behavior-clusters", "semantic-lens"])
     run.add_argument("--lake", required=True)
     run.add_argument("--date", help="the day to process, YYYY-MM-DD (build-sequences, embed)")
     run.add_argument("--dates", help="train-encoder: days whose sequences to train on, D1,D2 or D1..D2")
@@ -153,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-len", type=int)
     run.add_argument("--ray-address", help="attach to a Ray cluster (default: RAY_ADDRESS, else local)")
     run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray")
+    run.add_argument("--dataset", default="images", help="semantic-lens: folder of image Parquet in the lake")
+    run.add_argument("--model-id", help="semantic-lens: the model's name in the result tables")
+    run.add_argument("--layers", help="semantic-lens: layers to analyse, comma-separated")
+    run.add_argument("--vocabulary", help="semantic-lens: a file with one concept label per line")
     run.add_argument("--force", action="store_true", help="recompute even if this exact run is published")
     run.add_argument("--full", action="store_true",
                      help="behavior-clusters: re-cluster the whole window instead of continuing the previous run")
@@ -164,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--date", required=True)
     ev.add_argument("--config")
     ev.set_defaults(fn=cmd_evaluate)
+
+    gi = sub.add_parser("generate-images", help="synthetic image world + tiny CNN and tiny CLIP for the semantic lens")
+    gi.add_argument("--out", required=True)
+    gi.add_argument("--n", type=int, default=2000)
+    gi.add_argument("--seed", type=int, default=0)
+    gi.add_argument("--clip-epochs", type=int, default=30)
+    gi.add_argument("--config-out", help="where to write the [lens] config for this world (default: LAKE/lens-world.toml)")
+    gi.add_argument("--config")
+    gi.set_defaults(fn=cmd_generate_images)
+
+    se = sub.add_parser("search", help="components of a model whose concepts match a text")
+    se.add_argument("text")
+    se.add_argument("--lake", required=True)
+    se.add_argument("--model", required=True, help="the model_id of a published semantic-lens run")
+    se.add_argument("--top", type=int, default=10)
+    se.add_argument("--config")
+    se.set_defaults(fn=cmd_search)
 
     rev = sub.add_parser("review", help="record a reviewer's verdict on a cluster (append-only)")
     rev.add_argument("--lake", required=True)
@@ -180,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--config")
     sql.add_argument("-c", "--command", help="run one query and exit")
     sql.add_argument("--max-rows", type=int, default=40)
+    sql.add_argument("--raw", action="store_true", help="print rows tab-separated without a header (for scripts)")
     sql.set_defaults(fn=cmd_sql)
     return parser
 

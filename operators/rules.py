@@ -84,6 +84,10 @@ class RuleSearch:
     beta: float = 0.5
     quantiles: int = 20
     min_coverage: float = 0.05  # a further rule must explain at least this share of the cluster
+    # above this many rows the search runs on a seeded sample (members first), counts reweighted;
+    # published metrics are recomputed exactly in SQL, so only the choice of rule is approximate
+    max_rows: int = 60_000
+    seed: int = 0
 
 
 def candidate_predicates(table: pa.Table, spec: ExpertFeatureSpec, quantiles: int = 20) -> list[Predicate]:
@@ -110,41 +114,60 @@ def induce_rules(table: pa.Table, member: np.ndarray, candidates: list[Predicate
     member = np.asarray(member, dtype=bool)
     if not member.any() or not candidates:
         return []
+    rows, member_weight, other_weight = _search_sample(member, search)
+    if rows is not None:
+        table, member = table.take(pa.array(rows)), member[rows]
     masks = np.stack([p.mask(table) for p in candidates])
+    weights = np.where(member, member_weight, other_weight)
+    n_members = member.sum() * member_weight
     remaining = member.copy()
     fits: list[RuleFit] = []
     for _ in range(search.max_rules):
-        if remaining.sum() < search.min_coverage * member.sum():
+        if remaining.sum() * member_weight < search.min_coverage * n_members:
             break
-        best = _beam_search(masks, member, remaining, search)
+        best = _beam_search(masks, member, remaining, search, member_weight, other_weight)
         if best is None:
             break
         picked, matched = best
-        covered_now = (matched & remaining).sum()
-        if covered_now < search.min_coverage * member.sum():
+        covered_now = (matched & remaining).sum() * member_weight
+        if covered_now < search.min_coverage * n_members:
             break
-        support = int(matched.sum())
-        fits.append(RuleFit(Rule(tuple(candidates[i] for i in picked)),
-                            precision=float((matched & member).sum() / max(support, 1)),
-                            coverage=float((matched & member).sum() / member.sum()), support=support))
+        support = float(weights[matched].sum())
+        in_cluster = (matched & member).sum() * member_weight
+        fits.append(RuleFit(Rule(tuple(candidates[i] for i in picked)), precision=float(in_cluster / max(support, 1)),
+                            coverage=float(in_cluster / n_members), support=int(round(support))))
         remaining &= ~matched
     return fits
 
 
-def _beam_search(masks: np.ndarray, member: np.ndarray, target: np.ndarray,
-                 search: RuleSearch) -> tuple[tuple[int, ...], np.ndarray] | None:
+def _search_sample(member: np.ndarray, search: RuleSearch) -> tuple[np.ndarray | None, float, float]:
+    """Rows to search on and the weight of a sampled member and non-member (None: use every row)."""
+    n = member.size
+    if n <= search.max_rows:
+        return None, 1.0, 1.0
+    rng = np.random.default_rng(search.seed)
+    members, others = np.flatnonzero(member), np.flatnonzero(~member)
+    keep_members = members if members.size <= search.max_rows // 2 else rng.choice(members, search.max_rows // 2,
+                                                                                     replace=False)
+    keep_others = rng.choice(others, min(others.size, search.max_rows - keep_members.size), replace=False)
+    rows = np.sort(np.concatenate([keep_members, keep_others]))
+    return rows, members.size / keep_members.size, others.size / max(keep_others.size, 1)
+
+
+def _beam_search(masks: np.ndarray, member: np.ndarray, target: np.ndarray, search: RuleSearch,
+                 member_weight: float = 1.0, other_weight: float = 1.0) -> tuple[tuple[int, ...], np.ndarray] | None:
     """Grow conjunctions; score F-beta against `target` (uncovered members), precision against all members."""
     beta2 = search.beta ** 2
-    n_target = target.sum()
+    n_target = target.sum() * member_weight
     beam: list[tuple[tuple[int, ...], np.ndarray]] = [((), np.ones(masks.shape[1], dtype=bool))]
     best: tuple[float, tuple[int, ...], np.ndarray] | None = None
     for _ in range(search.max_conditions):
         scored: list[tuple[float, tuple[int, ...], np.ndarray]] = []
         for picked, matched in beam:
             extended = masks & matched[None, :]
-            hits = (extended & target[None, :]).sum(axis=1)
+            hits = (extended & target[None, :]).sum(axis=1) * member_weight
             # matches that are other members are not errors: they are covered by an earlier rule
-            wrong = (extended & ~member[None, :]).sum(axis=1)
+            wrong = (extended & ~member[None, :]).sum(axis=1) * other_weight
             precision = hits / np.maximum(hits + wrong, 1)
             recall = hits / max(n_target, 1)
             f = (1 + beta2) * precision * recall / np.maximum(beta2 * precision + recall, 1e-12)

@@ -272,3 +272,18 @@ def test_a_review_of_an_unknown_cluster_or_with_an_unknown_verdict_is_refused(cl
         record_review(lake, Review("ck-missing", "maybe", "alice"))
     with pytest.raises(ValueError, match="reviewer"):
         record_review(lake, Review("ck-missing", "fraud", "  "))
+
+
+def test_rule_search_on_a_large_table_samples_non_members_and_still_finds_the_rule():
+    rng = np.random.default_rng(2)
+    n = 300_000
+    table = pa.table({"amount": rng.uniform(0, 100, n), "is_new_device": rng.random(n) < 0.3,
+                      "payment_method": rng.choice(["card", "wallet"], n)})
+    member = (table["amount"].to_numpy() > 95) & table["is_new_device"].to_numpy()
+    spec = ExpertFeatureSpec(numeric=("amount",), boolean=("is_new_device",), categorical=("payment_method",))
+    search = RuleSearch(max_rules=1, max_rows=20_000)
+    fit = induce_rules(table, member, candidate_predicates(table, spec, quantiles=40), search)[0]
+    assert {p.column for p in fit.rule.predicates} == {"amount", "is_new_device"}
+    exact = fit.rule.predicates[0].mask(table) & fit.rule.predicates[1].mask(table)
+    assert fit.support == pytest.approx(exact.sum(), rel=0.1)  # reweighted sample counts estimate the truth
+    assert fit.precision == pytest.approx((exact & member).sum() / exact.sum(), abs=0.05)

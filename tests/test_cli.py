@@ -1,9 +1,7 @@
 """The `lakelens` command as a user runs it: generate, run, sql, on local disk and on S3."""
 
-import os
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -45,6 +43,10 @@ def test_sql_lists_views_and_unreadable_input_is_a_clear_error(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert "views: events" in shell.stdout and "│" in shell.stdout
     assert "view 'transactions' not created" in shell.stderr and "part-broken.parquet" in shell.stderr
+    raw = _run(["sql", "--lake", str(lake), "--raw", "-c", "SELECT 'a' AS x, NULL AS y UNION ALL SELECT 'b', 2"])
+    assert raw.stdout == "a\t\nb\t2\n"
+    statement = _run(["sql", "--lake", str(lake), "-c", "CREATE TABLE scratch AS SELECT 1 AS one"])
+    assert statement.returncode == 0 and "Traceback" not in statement.stderr
 
 
 def test_the_job_attaches_to_a_running_ray_cluster_through_ray_address(tmp_path, ray_cluster):

@@ -1,0 +1,166 @@
+"""Stage 1: every component's activation and relevance, from one forward and one backward per batch.
+
+Under a zennit composite (EpsilonPlusFlat with a batch-norm canonizer by default) the gradient
+that reaches a layer's output is its LRP relevance, so hooks that keep each chosen layer's output
+give, for all of its channels at once, the aggregated activation (spatial mean, as SemanticLens's
+default) and the channel relevance (spatial sum: CRP's relevance of the channel as a concept).
+The backward pass starts from the target logit (predicted class, or the true label when asked).
+
+`ComponentStats` holds what one actor saw: streaming top-k per component by activation and by
+relevance, and per-class relevance sums for audits. Stats from many actors merge exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from lakelens.operators.lens.models import resolve_layers
+from lakelens.operators.lens.topk import TopK
+
+COMPOSITES = ("epsilon-plus-flat", "epsilon-plus", "gradient")
+
+
+def make_composite(name: str):
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlus, EpsilonPlusFlat
+
+    if name == "epsilon-plus-flat":
+        return EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    if name == "epsilon-plus":
+        return EpsilonPlus(canonizers=[SequentialMergeBatchNorm()])
+    if name == "gradient":
+        return None
+    raise ValueError(f"unknown composite {name!r}; known: {', '.join(COMPOSITES)}")
+
+
+@dataclass
+class LayerStats:
+    by_activation: TopK
+    by_relevance: TopK
+    class_relevance: np.ndarray  # (classes, components): summed relevance over samples of that target
+    class_positive: np.ndarray  # (classes, components): summed positive relevance
+    activation_sum: np.ndarray  # (components,)
+
+    def merge(self, other: "LayerStats") -> "LayerStats":
+        return LayerStats(self.by_activation.merge(other.by_activation), self.by_relevance.merge(other.by_relevance),
+                          self.class_relevance + other.class_relevance, self.class_positive + other.class_positive,
+                          self.activation_sum + other.activation_sum)
+
+
+@dataclass
+class ComponentStats:
+    layers: dict[str, LayerStats]
+    class_counts: np.ndarray  # (classes,) samples whose relevance started at that class
+    samples: int = 0
+    correct: int = 0  # predictions equal to the label, where labels were given
+    labelled: int = 0
+    sample_ids: dict[int, str] = field(default_factory=dict)  # global index -> sample id, for the top-k only
+
+    def merge(self, other: "ComponentStats") -> "ComponentStats":
+        return ComponentStats({n: s.merge(other.layers[n]) for n, s in self.layers.items()},
+                              self.class_counts + other.class_counts, self.samples + other.samples,
+                              self.correct + other.correct, self.labelled + other.labelled,
+                              {**self.sample_ids, **other.sample_ids})
+
+    def prune_ids(self) -> None:
+        """Keep only the ids that some top-k still refers to."""
+        keep = set()
+        for stats in self.layers.values():
+            keep.update(stats.by_activation.samples.ravel().tolist())
+            keep.update(stats.by_relevance.samples.ravel().tolist())
+        self.sample_ids = {i: s for i, s in self.sample_ids.items() if i in keep}
+
+
+class ComponentRecorder:
+    """Hooks the chosen layers of a model and folds batches into `ComponentStats`."""
+
+    def __init__(self, model: nn.Module, layers: list[str], num_classes: int, k: int = 20,
+                 composite: str = "epsilon-plus-flat", target: str = "predicted") -> None:
+        if target not in ("predicted", "label"):
+            raise ValueError("target must be 'predicted' or 'label'")
+        self.model = model.eval()
+        self.layers = resolve_layers(model, layers)
+        self.num_classes = num_classes
+        self.k = k
+        self.composite_name = composite
+        self.target = target
+        self.stats: ComponentStats | None = None
+
+    def _empty(self, widths: dict[str, int]) -> ComponentStats:
+        return ComponentStats(
+            {name: LayerStats(TopK.empty(self.k, c), TopK.empty(self.k, c), np.zeros((self.num_classes, c)),
+                              np.zeros((self.num_classes, c)), np.zeros(c)) for name, c in widths.items()},
+            np.zeros(self.num_classes, dtype=np.int64))
+
+    def record(self, images: torch.Tensor, sample_index: np.ndarray, sample_ids: list[str],
+               labels: np.ndarray | None = None) -> None:
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep(name):
+            def hook(_module, _inputs, output):
+                output = output[0] if isinstance(output, tuple) else output
+                output.retain_grad()
+                outputs[name] = output
+            return hook
+
+        handles = [module.register_forward_hook(keep(name)) for name, module in self.layers.items()]
+        composite = make_composite(self.composite_name)
+        try:
+            x = images.clone().requires_grad_(True)
+            if composite is None:
+                logits = self.model(x)
+                target = self._targets(logits, labels)
+                logits.backward(gradient=self._start(logits, target))
+            else:
+                with composite.context(self.model) as modified:
+                    logits = modified(x)
+                    target = self._targets(logits, labels)
+                    logits.backward(gradient=self._start(logits, target))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.stats is None:
+            self.stats = self._empty({n: int(o.shape[1]) for n, o in outputs.items()})
+        stats = self.stats
+        for name, output in outputs.items():
+            act = _aggregate(output.detach(), "mean")
+            rel = _aggregate(output.grad.detach(), "sum")
+            layer = stats.layers[name]
+            layer.by_activation = layer.by_activation.update(act, sample_index)
+            layer.by_relevance = layer.by_relevance.update(rel, sample_index)
+            np.add.at(layer.class_relevance, target, rel)
+            np.add.at(layer.class_positive, target, np.maximum(rel, 0))
+            layer.activation_sum += act.sum(axis=0)
+        np.add.at(stats.class_counts, target, 1)
+        stats.samples += len(sample_index)
+        if labels is not None:
+            predicted = logits.detach().argmax(1).numpy()
+            known = labels >= 0
+            stats.correct += int((predicted[known] == labels[known]).sum())
+            stats.labelled += int(known.sum())
+        stats.sample_ids.update(zip(np.asarray(sample_index).tolist(), sample_ids))
+        stats.prune_ids()
+
+    def _targets(self, logits: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        predicted = logits.detach().argmax(1).numpy()
+        if self.target == "label" and labels is not None:
+            return np.where(labels >= 0, labels, predicted)
+        return predicted
+
+    @staticmethod
+    def _start(logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        """Relevance enters at the target logit with the logit's value, as CRP starts it."""
+        start = torch.zeros_like(logits)
+        rows = torch.arange(len(target))
+        start[rows, torch.as_tensor(target)] = logits.detach()[rows, torch.as_tensor(target)]
+        return start
+
+
+def _aggregate(tensor: torch.Tensor, how: str) -> np.ndarray:
+    """(batch, channels, ...) -> (batch, channels) over the spatial or token axes."""
+    flat = tensor.flatten(2) if tensor.ndim > 2 else tensor[..., None]
+    return (flat.mean(-1) if how == "mean" else flat.sum(-1)).double().numpy()

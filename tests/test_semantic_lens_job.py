@@ -1,0 +1,113 @@
+"""semantic-lens end to end on the synthetic image world: search, labels, audit, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+import pytest
+
+from lakelens.infra.catalog import open_catalog
+from lakelens.infra.config import LakelensConfig, LensConfig, RayConfig
+from lakelens.infra.storage import Lake
+from lakelens.operators.lens.image_world import MARKER
+from lakelens.pipelines.lens_world import generate_lens_world, lens_config_for_world, truth
+from lakelens.pipelines.semantic_lens import run_semantic_lens, search_components
+
+MODEL = "tiny-cnn-world"
+
+
+def _config(**lens) -> LakelensConfig:
+    return LakelensConfig(ray=RayConfig(show_progress=False),
+                          lens=dataclasses.replace(LensConfig(**lens_config_for_world(MODEL)), **lens))
+
+
+@pytest.fixture(scope="module")
+def lens_lake(tmp_path_factory, ray_local):
+    lake = Lake(tmp_path_factory.mktemp("lens") / "lake")
+    generate_lens_world(lake, n=1600, seed=5)
+    return lake, run_semantic_lens(lake, "images", _config())
+
+
+def _examples_with(lake: Lake, layer: str, unit: int, column: str) -> list:
+    con = open_catalog(lake)
+    con.register("truth_images", truth(lake))
+    return [r[0] for r in con.execute(f"""
+        SELECT t.{column} FROM component_examples e JOIN truth_images t USING (sample_id)
+        WHERE e.model_id = ? AND e.layer = ? AND e.unit = ? AND e.mode = 'relevance'""",
+                                      [MODEL, layer, unit]).fetchall()]
+
+
+def _concept_column(concept: str) -> str:
+    from lakelens.operators.lens.image_world import COLOURS, SHAPES
+
+    return "shape" if concept in SHAPES else "colour" if concept in COLOURS else "texture"
+
+
+@pytest.mark.parametrize("concept", ["red", "blue", "striped", "dotted", "circle", "cross"])
+def test_search_finds_components_whose_examples_show_the_planted_concept(lens_lake, concept):
+    lake, _ = lens_lake
+    found = search_components(lake, concept, MODEL, top=3).to_pylist()
+    column = _concept_column(concept)
+    shares = []
+    for row in found:
+        values = _examples_with(lake, row["layer"], row["unit"], column)
+        shares.append(sum(v == concept for v in values) / len(values))
+    assert max(shares) >= 0.6, (concept, found, shares)
+
+
+def test_components_with_pure_examples_are_labelled_with_their_concept(lens_lake):
+    lake, _ = lens_lake
+    con = open_catalog(lake)
+    rows = con.execute("SELECT layer, unit, label FROM components WHERE model_id = ?", [MODEL]).fetchall()
+    pure, agreeing = 0, 0
+    for layer, unit, label in rows:
+        column = _concept_column(label) if label != MARKER else "marker"
+        for col in ("colour", "texture", "shape"):
+            values = _examples_with(lake, layer, unit, col)
+            top = max(set(values), key=values.count)
+            if values.count(top) / len(values) >= 0.8:
+                pure += 1
+                agreeing += int(col == column and label == top)
+                break
+    assert pure >= 5 and agreeing / pure >= 0.5, (pure, agreeing)
+
+
+def test_the_audit_flags_the_spurious_marker(lens_lake):
+    lake, _ = lens_lake
+    audits = {(r["class_name"], r["kind"]): r for r in
+              open_catalog(lake).execute("SELECT * FROM audits").to_arrow_table().to_pylist()}
+    spurious = audits[("triangle", "spurious")]
+    assert spurious["flagged"] and spurious["components"], spurious
+    assert "corner marker" in spurious["finding"]
+
+
+def test_only_the_concept_examples_are_embedded_by_the_foundation_model(lens_lake):
+    _, manifest = lens_lake
+    embedded = manifest["metrics"]["embed_examples"]
+    assert 0 < embedded["embedded_samples"] < embedded["dataset_samples"] == 1600
+    assert set(manifest["outputs"]) >= {"components", "component_examples", "concept_labels", "audits"}
+
+
+def test_an_undecodable_image_is_quarantined_and_the_run_continues(lens_lake):
+    lake, _ = lens_lake
+    good = lake.read_table(lake.list_files("images", suffix=".parquet")[0].path).slice(0, 300)
+    broken = pa.table({"sample_id": ["broken-1"], "image": [b"\x89PNG but not really"], "label": [0]},
+                      schema=good.schema)
+    lake.write_table("images-with-a-broken-file/part-00000.parquet", pa.concat_tables([good, broken]))
+    manifest = run_semantic_lens(lake, "images-with-a-broken-file", _config(model_id="broken-input", top_k=5))
+    assert manifest["quarantine"]["images"]["rows"] == 1
+    reasons = manifest["quarantine"]["images"]["by_reason"]
+    assert list(reasons)[0].startswith("undecodable:image")
+    assert manifest["metrics"]["components"]["images"] == 300
+
+
+def test_bad_settings_are_clear_errors_before_any_work(lens_lake, tmp_path):
+    lake, _ = lens_lake
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        run_semantic_lens(lake, "images", _config(vocabulary=[]))
+    with pytest.raises(ValueError, match="no layer named 'block7'.*valid layers"):
+        run_semantic_lens(lake, "images", _config(layers=["block7"]))
+    lake.write_bytes("models/lens/wrong.pt", b"not weights")
+    with pytest.raises(ValueError, match="cannot read the weights for 'tiny-cnn'"):
+        run_semantic_lens(lake, "images", _config(weights="models/lens/wrong.pt", model_id="wrong"))
