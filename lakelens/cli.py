@@ -87,6 +87,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_models(args: argparse.Namespace) -> int:
+    from lakelens.pipelines.semantic_lens import run_compare_models
+
+    lake = Lake(args.lake, _config(args).storage)
+    manifest = run_compare_models(lake, args.a, args.b, force=args.force)
+    table = lake.read_table(manifest["outputs"]["model_comparisons"]["files"][0]["path"]).to_pylist()
+    for status in ("shared", "only_a", "only_b"):
+        concepts = [r["concept"] for r in table if r["status"] == status]
+        print(f"{status}: {', '.join(concepts) or '-'}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from lakelens.pipelines.generate import generate_world
 
@@ -260,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--top", type=int, default=10)
     se.add_argument("--config")
     se.set_defaults(fn=cmd_search)
+
+    cm = sub.add_parser("compare-models", help="shared and unique concepts of two analysed models")
+    cm.add_argument("--lake", required=True)
+    cm.add_argument("--a", required=True, help="model_id of the first semantic-lens run")
+    cm.add_argument("--b", required=True, help="model_id of the second")
+    cm.add_argument("--force", action="store_true")
+    cm.add_argument("--config")
+    cm.set_defaults(fn=cmd_compare_models)
 
     rev = sub.add_parser("review", help="record a reviewer's verdict on a cluster (append-only)")
     rev.add_argument("--lake", required=True)

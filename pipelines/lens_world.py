@@ -17,7 +17,9 @@ import pyarrow as pa
 import torch
 
 from lakelens.infra.storage import Lake
-from lakelens.operators.lens.image_world import COLOURS, MARKER, SHAPES, TEXTURES, ImageWorldParams, decode_image, generate_images
+from lakelens.operators.lens.image_world import (
+    COLOURS, MARKER, SHAPES, TEXTURES, ImageWorldParams, concepts_of, decode_image, generate_images,
+)
 
 IMAGES_DIR = "images"
 CLASSIFIER_PATH = "models/lens/tiny-cnn.pt"
@@ -40,13 +42,16 @@ def generate_lens_world(lake: Lake, n: int = 2000, seed: int = 0, classifier_epo
         lake.write_table(f"truth/images/part-{part:05d}.parquet", chunk.drop_columns(["image"]))
     images = np.stack([decode_image(b) for b in table.column("image").to_pylist()])
     labels = torch.as_tensor(table.column("label").to_pylist())
+    torch.manual_seed(seed)
     classifier = create_model("tiny-cnn", len(SHAPES))
     losses = train_classifier(classifier, to_tensor(images), labels, epochs=classifier_epochs, seed=seed)
     buffer = io.BytesIO()
     torch.save(classifier.state_dict(), buffer)
     lake.write_bytes(CLASSIFIER_PATH, buffer.getvalue())
     local = lake.uri(FOUNDATION_PATH) if lake.scheme != "s3" else "/tmp/lakelens-tiny-clip.pt"
-    clip_losses = train_tiny_clip(images, table.column("caption").to_pylist(), local, epochs=clip_epochs, seed=seed)
+    concepts = [concepts_of(r["shape"], r["colour"], r["texture"], r["marker"])
+                for r in table.select(["shape", "colour", "texture", "marker"]).to_pylist()]
+    clip_losses = train_tiny_clip(images, concepts, local, epochs=clip_epochs, seed=seed)
     if lake.scheme == "s3":
         with open(local, "rb") as handle:
             lake.write_bytes(FOUNDATION_PATH, handle.read())

@@ -388,3 +388,84 @@ def search_components(lake: Lake, text: str, model_id: str, top: int = 10, confi
                array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS similarity
         FROM components WHERE model_id = ? ORDER BY similarity DESC, layer, unit LIMIT ?""",
                        [query.astype(np.float32).tolist(), model_id, top]).to_arrow_table()
+
+
+COMPARISON_JOB = "compare-models"
+COMPARISONS_SCHEMA = pa.schema([
+    ("model_a", pa.string()), ("model_b", pa.string()), ("concept", pa.string()), ("status", pa.string()),
+    ("components_a", pa.int64()), ("components_b", pa.int64()), ("best_alignment_a", pa.float64()),
+    ("best_alignment_b", pa.float64()), ("matched_share_a", pa.float64()), ("matched_share_b", pa.float64()),
+])
+
+
+def run_compare_models(lake: Lake, model_a: str, model_b: str, min_alignment: float = 0.02,
+                       match_cosine: float = 0.9, force: bool = False) -> dict[str, Any]:
+    """Shared and unique concepts of two analysed models (same foundation model), as `model_comparisons`.
+
+    A concept is encoded by a model when some component's best label is that concept with an
+    alignment of at least `min_alignment`: `shared` when both models encode it, else `only_a` or
+    `only_b`. `matched_share_*` is the share of a model's components whose embedding has a
+    counterpart in the other model with cosine >= `match_cosine`.
+    """
+    from lakelens.infra.runs import latest_per_partition, published_manifests
+
+    visible = {m["partition"]: m for m in latest_per_partition(published_manifests(lake, JOB))}
+    runs = []
+    for model in (model_a, model_b):
+        if f"model={model}" not in visible:
+            raise LookupError(f"no published semantic-lens run for model {model!r}")
+        runs.append(visible[f"model={model}"])
+    foundations = {(m["params"]["lens"]["foundation"], m["params"]["lens"]["foundation_weights"]) for m in runs}
+    if len(foundations) != 1:
+        raise ValueError("the two models were projected with different foundation models; their spaces differ")
+    inputs = [f for m in runs for f in _output_files(m, "components")]
+    params = {"model_a": model_a, "model_b": model_b, "min_alignment": min_alignment, "match_cosine": match_cosine}
+    run, existing = begin_run(lake, COMPARISON_JOB, f"models={model_a}__{model_b}", params, inputs, force=force)
+    if existing is not None:
+        return existing
+    try:
+        tables = [pa.concat_tables([lake.read_table(f.path) for f in _output_files(m, "components")]) for m in runs]
+        comparison = compare_components(model_a, tables[0], model_b, tables[1], min_alignment, match_cosine)
+        lake.write_table(f"{run.table_dir('model_comparisons')}/part-00000.parquet", comparison)
+        return run.commit(expected_tables={"model_comparisons": COMPARISONS_SCHEMA})
+    except BaseException as exc:
+        run.record_failure(exc)
+        raise
+
+
+def _output_files(manifest: dict[str, Any], table: str):
+    from lakelens.infra.runs import InputFile
+
+    return [InputFile(table, f["path"], f["rows"], f["bytes"], 0) for f in manifest["outputs"][table]["files"]]
+
+
+def compare_components(model_a: str, a: pa.Table, model_b: str, b: pa.Table, min_alignment: float,
+                       match_cosine: float) -> pa.Table:
+    from lakelens.operators.lens import measures
+
+    def vectors(t: pa.Table) -> np.ndarray:
+        dim = t.schema.field("embedding").type.list_size
+        return measures.normalise(np.asarray(t.column("embedding").combine_chunks().values).reshape(-1, dim))
+
+    va, vb = vectors(a), vectors(b)
+    cos = va @ vb.T
+    matched_a = float((cos.max(axis=1) >= match_cosine).mean()) if cos.size else 0.0
+    matched_b = float((cos.max(axis=0) >= match_cosine).mean()) if cos.size else 0.0
+
+    def encoded(t: pa.Table) -> dict[str, tuple[int, float]]:
+        out: dict[str, tuple[int, float]] = {}
+        for label, score in zip(t.column("label").to_pylist(), t.column("label_score").to_pylist()):
+            if score >= min_alignment:
+                count, best = out.get(label, (0, -np.inf))
+                out[label] = (count + 1, max(best, score))
+        return out
+
+    ea, eb = encoded(a), encoded(b)
+    rows = []
+    for concept in sorted(set(ea) | set(eb)):
+        status = "shared" if concept in ea and concept in eb else "only_a" if concept in ea else "only_b"
+        rows.append({"model_a": model_a, "model_b": model_b, "concept": concept, "status": status,
+                     "components_a": ea.get(concept, (0, None))[0], "components_b": eb.get(concept, (0, None))[0],
+                     "best_alignment_a": ea.get(concept, (0, None))[1], "best_alignment_b": eb.get(concept, (0, None))[1],
+                     "matched_share_a": matched_a, "matched_share_b": matched_b})
+    return pa.Table.from_pylist(rows, schema=COMPARISONS_SCHEMA)

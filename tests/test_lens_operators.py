@@ -73,6 +73,7 @@ def tiny_world():
     table = generate_images(600, ImageWorldParams(seed=3))
     images = np.stack([decode_image(b) for b in table.column("image").to_pylist()])
     labels = np.asarray(table.column("label").to_pylist())
+    torch.manual_seed(0)
     model = create_model("tiny-cnn", 4)
     train_classifier(model, to_tensor(images), torch.as_tensor(labels), epochs=4)
     return table, images, labels, model

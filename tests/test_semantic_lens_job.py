@@ -111,3 +111,16 @@ def test_bad_settings_are_clear_errors_before_any_work(lens_lake, tmp_path):
     lake.write_bytes("models/lens/wrong.pt", b"not weights")
     with pytest.raises(ValueError, match="cannot read the weights for 'tiny-cnn'"):
         run_semantic_lens(lake, "images", _config(weights="models/lens/wrong.pt", model_id="wrong"))
+
+
+def test_comparing_a_model_with_one_of_its_layers_finds_every_concept_of_the_layer_shared(lens_lake):
+    from lakelens.pipelines.semantic_lens import run_compare_models
+
+    lake, _ = lens_lake
+    run_semantic_lens(lake, "images", _config(model_id="block3-only", layers=["block3"]))
+    manifest = run_compare_models(lake, MODEL, "block3-only")
+    rows = open_catalog(lake).execute("SELECT * FROM model_comparisons").to_arrow_table().to_pylist()
+    assert rows and manifest["outputs"]["model_comparisons"]["rows"] == len(rows)
+    assert all(r["status"] in ("shared", "only_a") for r in rows)  # B's components are A's block3
+    assert {r["matched_share_b"] for r in rows} == {1.0}
+    assert any(r["status"] == "shared" for r in rows)

@@ -88,34 +88,40 @@ def load_foundation(architecture: str, weights: str | Path | None, device: str =
                       tuple(cfg.get("std", open_clip.constants.OPENAI_DATASET_STD)), device)
 
 
-def train_tiny_clip(images_uint8: np.ndarray, captions: list[str], out_path: str | Path, epochs: int = 20,
-                    batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> list[float]:
-    """Contrastive training of `lakelens-tiny-clip` on image-caption pairs; saves a state dict to `out_path`."""
+def train_tiny_clip(images_uint8: np.ndarray, concepts: list[frozenset[str]], out_path: str | Path,
+                    epochs: int = 30, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> list[float]:
+    """Contrastive training of `lakelens-tiny-clip` on images and partial captions of their concepts.
+
+    Each epoch draws a fresh caption per image naming a random subset of its concepts; a caption
+    matches every image in the batch that has all the concepts it names (multi-positive InfoNCE).
+    Saves a state dict to `out_path`, which `load_foundation` reads back like any weights file.
+    """
+    from lakelens.operators.lens.image_world import partial_caption
+
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     foundation = load_foundation(TINY_CLIP, None)
     model = foundation.model.train()
     images = foundation.preprocess(images_uint8)
-    tokens = foundation.tokenizer(captions)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     losses = []
     for _ in range(epochs):
         order = torch.randperm(len(images))
         total = 0.0
         for start in range(0, len(images) - 1, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start:start + batch_size].tolist()
+            drawn = [partial_caption(concepts[i], rng) for i in idx]
+            tokens = foundation.tokenizer([text for text, _ in drawn])
+            matches = torch.as_tensor([[named <= concepts[i] for _, named in drawn] for i in idx], dtype=torch.float32)
             image_features = torch.nn.functional.normalize(model.encode_image(images[idx]), dim=-1)
-            text_features = torch.nn.functional.normalize(model.encode_text(tokens[idx]), dim=-1)
+            text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
             logits = model.logit_scale.exp() * image_features @ text_features.T
-            # captions repeat across images: every pair with the same caption counts as a match
-            same = torch.as_tensor([[captions[i] == captions[j] for j in idx.tolist()] for i in idx.tolist()],
-                                   dtype=torch.float32)
-            targets = same / same.sum(1, keepdim=True)
-            loss = (torch.nn.functional.cross_entropy(logits, targets)
-                    + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+            loss = (torch.nn.functional.cross_entropy(logits, matches / matches.sum(1, keepdim=True))
+                    + torch.nn.functional.cross_entropy(logits.T, (matches / matches.sum(0, keepdim=True)).T)) / 2
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(images))
     model.eval()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,27 @@ def caption(shape: str, colour: str, texture: str, marker: bool) -> str:
     return text + f" with a {MARKER}" if marker else text
 
 
+def concepts_of(shape: str, colour: str, texture: str, marker: bool) -> frozenset[str]:
+    return frozenset({shape, colour, texture} | ({MARKER} if marker else set()))
+
+
+def partial_caption(concepts: frozenset[str], rng: np.random.Generator) -> tuple[str, frozenset[str]]:
+    """A caption naming a random non-empty subset of an image's concepts, and that subset.
+
+    Training on partial captions teaches a contrastive model single concepts ("a striped object"),
+    which is what labels and searches ask about.
+    """
+    names = sorted(concepts)
+    keep = [c for c in names if rng.random() < 0.5] or [names[rng.integers(len(names))]]
+    colour = next((c for c in keep if c in COLOURS), "")
+    texture = next((c for c in keep if c in TEXTURES), "")
+    shape = next((c for c in keep if c in SHAPES), "object")
+    text = " ".join(w for w in ("a", colour, texture, shape) if w)
+    if MARKER in keep:
+        text += f" with a {MARKER}"
+    return text, frozenset(keep)
+
+
 def encode_png(image: np.ndarray) -> bytes:
     from PIL import Image
 
