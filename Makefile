@@ -18,6 +18,7 @@ DEMO_DATES ?= 2026-01-01..2026-01-03
 DEMO_LAST_DATE ?= 2026-01-03
 DEMO_NEXT_DATE ?= 2026-01-04
 DEMO_EPOCHS ?= 30
+LENS ?= 1
 
 .PHONY: setup demo test bench clean-demo
 
@@ -52,6 +53,15 @@ demo: setup
 	key=$$($(BIN)/lakelens sql --lake $(DEMO_LAKE) --raw -c "SELECT cluster_key FROM flagged_clusters WHERE partition = 'dt=$(DEMO_NEXT_DATE)' LIMIT 1"); \
 	  $(BIN)/lakelens review --lake $(DEMO_LAKE) --cluster-key $$key --verdict fraud --reviewer demo --comment "confirmed from the member click-streams"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT partition, cluster_key, size, lineage_status, latest_verdict, latest_reviewer FROM flagged_clusters"
+	@if [ "$(LENS)" = "1" ]; then \
+	  echo "--- semantic lens on the synthetic image world (skip with LENS=0)"; \
+	  $(BIN)/lakelens generate-images --out $(DEMO_LAKE) --n 2000 && \
+	  $(BIN)/lakelens run semantic-lens --lake $(DEMO_LAKE) --dataset images --config $(DEMO_LAKE)/lens-world.toml && \
+	  $(BIN)/lakelens search "striped" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
+	  $(BIN)/lakelens search "red" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
+	  $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT class_name, kind, concepts, round(relevance_share, 3) AS relevance_share, flagged, finding FROM audits" && \
+	  $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT layer, label, count(*) AS components, round(avg(clarity), 2) AS clarity FROM components GROUP BY ALL ORDER BY 1, 3 DESC LIMIT 12"; \
+	fi
 	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE)   (views: flagged_clusters, cluster_members, rules, cluster_history, cluster_reviews, apply_rule('<rule_id>'), clusters, txn_clusters, cluster_rules, sequences, runs, quarantine; see README)"
 
 test: setup

@@ -174,6 +174,10 @@ def run_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig, force: b
         raise
 
 
+def _only_samples(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch.column("sample_id"), value_set=wanted))
+
+
 def _check(cfg: LensConfig) -> None:
     from lakelens.operators.lens.models import create_model, resolve_layers
 
@@ -221,7 +225,7 @@ def _execute(run: Run, lake: Lake, cfg: LensConfig) -> dict[str, Any]:
     with run.stage("embed_examples"):
         wanted = pc.filter(examples, pc.equal(examples.column("mode"), cfg.examples_mode)).column("sample_id")
         needed = pa.array(sorted(set(wanted.to_pylist())), pa.string())
-        chosen = images.filter(expr=pc.field("sample_id").isin(needed))
+        chosen = images.map_batches(_only_samples, fn_kwargs={"wanted": needed}, batch_format="pyarrow")
         embedded = chosen.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg},
                                       batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
         sample_vectors = collect_table(embedded, pa.schema([]))
@@ -370,7 +374,6 @@ def search_components(lake: Lake, text: str, model_id: str, top: int = 10, confi
     """Components of `model_id` ranked by cosine to the text, in DuckDB over the published components."""
     from lakelens.infra.catalog import open_catalog
     from lakelens.infra.runs import latest_per_partition, published_manifests
-    from lakelens.operators.lens import measures
     from lakelens.operators.lens.foundation import load_foundation
 
     runs = [m for m in latest_per_partition(published_manifests(lake, JOB)) if m["partition"] == f"model={model_id}"]
@@ -379,15 +382,19 @@ def search_components(lake: Lake, text: str, model_id: str, top: int = 10, confi
     lens = runs[0]["params"]["lens"]
     foundation = load_foundation(lens["foundation"], local_copy(lake, lens["foundation_weights"]))
     templates = lens["templates"]
-    query = measures.probe_vector(foundation.embed_texts([t.format(text) for t in templates]),
-                                  foundation.embed_texts([t.format("") for t in templates]))
-    dim = query.shape[0]
+    # the same measure as labels: mean over templates of cos(v, E(template(text))) - cos(v, E(template("")))
+    texts = foundation.embed_texts([t.format(text) for t in templates]).astype(np.float32)
+    empties = foundation.embed_texts([t.format("") for t in templates]).astype(np.float32)
+    dim = texts.shape[1]
+    terms = " + ".join(f"array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) - "
+                       f"array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}])" for _ in templates)
+    vectors = [v for t, e in zip(texts, empties) for v in (t.tolist(), e.tolist())]
     con = open_catalog(lake)
     return con.execute(f"""
         SELECT layer, unit, label, round(label_score, 4) AS label_score, round(clarity, 4) AS clarity,
-               array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS similarity
+               ({terms}) / {len(templates)} AS similarity
         FROM components WHERE model_id = ? ORDER BY similarity DESC, layer, unit LIMIT ?""",
-                       [query.astype(np.float32).tolist(), model_id, top]).to_arrow_table()
+                       [*vectors, model_id, top]).to_arrow_table()
 
 
 COMPARISON_JOB = "compare-models"

@@ -78,8 +78,3 @@ def alignment(components: np.ndarray, labels: np.ndarray, empty: np.ndarray) -> 
     with_label = np.einsum("cd,ltd->clt", v, t)
     baseline = np.einsum("cd,td->ct", v, e)[:, None, :]
     return (with_label - baseline).mean(axis=-1)
-
-
-def probe_vector(query: np.ndarray, empty: np.ndarray) -> np.ndarray:
-    """A text query as one vector: the mean over templates of E(template(q)) - E(template(""))."""
-    return (np.asarray(query, dtype=np.float64) - np.asarray(empty, dtype=np.float64)).mean(axis=0)

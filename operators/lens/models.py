@@ -114,7 +114,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(images))
     model.eval()
     return losses
