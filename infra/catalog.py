@@ -60,7 +60,8 @@ def _create_reviews_view(con, lake: Lake) -> None:
     if lake.list_files(REVIEWS_DIR, suffix=".parquet"):
         con.execute(f"CREATE OR REPLACE VIEW cluster_reviews AS SELECT * EXCLUDE (dt) FROM read_parquet("
                     f"{_sql_str(lake.uri(REVIEWS_DIR) + '/**/*.parquet')}, hive_partitioning = true)")
-    else:  # an empty table keeps the analyst views' shape the same before the first verdict
+    elif "behavior-clusters" in lake.list_dirs("runs"):
+        # an empty table keeps the analyst views' shape the same before the first verdict
         con.register("_no_reviews", REVIEWS_SCHEMA.empty_table())
         con.execute("CREATE OR REPLACE TABLE cluster_reviews AS SELECT * FROM _no_reviews")
         con.unregister("_no_reviews")

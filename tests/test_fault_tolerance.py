@@ -104,9 +104,11 @@ def test_a_killed_driver_publishes_nothing_and_the_rerun_publishes_every_row_onc
             "--config", str(config)]
     before = {(m["run_id"], m["attempt_id"]) for m in published_manifests(lake)}
     embed_runs_before = {m["run_id"] for m in published_manifests(lake, "embed")}
+    partition = Path(lake.root_uri, "runs", "behavior-clusters", f"dt={DAY}")
+    earlier = set(partition.glob("*/*/state/model-base/model.json"))  # the copied world's own runs
     proc = _start(args, ray_cluster)
-    staged = _wait_for(lambda: list(Path(lake.root_uri, "runs", "behavior-clusters", f"dt={DAY}").glob(
-        "*/*/state/model-base/model.json")), "the run to stage its clustering", proc=proc)
+    staged = _wait_for(lambda: [p for p in partition.glob("*/*/state/model-base/model.json") if p not in earlier],
+                       "the run to stage its clustering", proc=proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     attempt = staged[0].parents[2]
