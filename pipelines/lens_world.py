@@ -28,7 +28,7 @@ VOCABULARY = [*SHAPES, *COLOURS, *TEXTURES, MARKER]
 
 
 def generate_lens_world(lake: Lake, n: int = 2000, seed: int = 0, classifier_epochs: int = 6,
-                        clip_epochs: int = 20, files: int = 4) -> dict[str, Any]:
+                        clip_epochs: int = 30, files: int = 4) -> dict[str, Any]:
     from lakelens.operators.lens.foundation import train_tiny_clip
     from lakelens.operators.lens.models import create_model, to_tensor, train_classifier
 
