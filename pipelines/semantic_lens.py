@@ -157,7 +157,7 @@ class FoundationEmbedder:
 
 def run_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
     cfg = config.lens
-    _check(cfg)
+    _check(lake, cfg)
     init_ray(config.ray)
     inputs = describe_inputs(lake, "images", [dataset])
     if not inputs:
@@ -178,7 +178,7 @@ def _only_samples(batch: pa.Table, wanted: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch.column("sample_id"), value_set=wanted))
 
 
-def _check(cfg: LensConfig) -> None:
+def _check(lake: Lake, cfg: LensConfig) -> None:
     from lakelens.operators.lens.models import create_model, resolve_layers
 
     if not cfg.model_id:
@@ -191,17 +191,14 @@ def _check(cfg: LensConfig) -> None:
         raise ValueError("name at least one layer to analyse (lens.layers)")
     if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
         raise ValueError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes")
-    if cfg.architecture != "torchscript":  # fail before Ray starts: bad layer names, mismatched weights
-        resolve_layers(create_model(cfg.architecture, cfg.num_classes), cfg.layers)
+    # fail before Ray starts: bad layer names, unreadable or mismatched weights
+    resolve_layers(create_model(cfg.architecture, cfg.num_classes, read_path(lake, cfg.weights)), cfg.layers)
 
 
 def _execute(run: Run, lake: Lake, cfg: LensConfig) -> dict[str, Any]:
     import ray
     from ray.data import ActorPoolStrategy
 
-    from lakelens.operators.lens.models import create_model, resolve_layers
-
-    resolve_layers(create_model(cfg.architecture, cfg.num_classes, read_path(lake, cfg.weights)), cfg.layers)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = cfg.actors or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     compute = {"compute": ActorPoolStrategy(size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 1}
