@@ -136,6 +136,10 @@ class LensConfig:
     templates: list[str] = field(default_factory=lambda: ["a {}", "an image of a {}"])
     top_k: int = 20
     examples_mode: str = "relevance"  # which top-k the component embeddings come from: relevance or activation
+    # crop each example to its channel-conditioned relevance (CRP) before embedding; else whole images
+    crop_examples: bool = True
+    crop_threshold: float = 0.3  # the region: smoothed relevance above this share of its peak
+    crop_min_side: float = 0.25  # the smallest crop, as a share of the image side
     composite: str = "epsilon-plus-flat"
     target: str = "predicted"  # relevance of the predicted class, or of the label where known ("label")
     batch_size: int = 128

@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     gi.add_argument("--out", required=True)
     gi.add_argument("--n", type=int, default=2000)
     gi.add_argument("--seed", type=int, default=0)
-    gi.add_argument("--clip-epochs", type=int, default=30)
+    gi.add_argument("--clip-epochs", type=int, default=60)
     gi.add_argument("--config-out", help="where to write the [lens] config for this world (default: LAKE/lens-world.toml)")
     gi.add_argument("--config")
     gi.set_defaults(fn=cmd_generate_images)

@@ -18,7 +18,7 @@ import torch
 
 from lakelens.infra.storage import Lake
 from lakelens.operators.lens.image_world import (
-    COLOURS, MARKER, SHAPES, TEXTURES, ImageWorldParams, concepts_of, decode_image, generate_images,
+    COLOURS, MARKER, SHAPES, TEXTURES, ImageWorldParams, TrainingViews, generate_images,
 )
 
 IMAGES_DIR = "images"
@@ -28,35 +28,46 @@ VOCABULARY = [*SHAPES, *COLOURS, *TEXTURES, MARKER]
 
 
 def generate_lens_world(lake: Lake, n: int = 2000, seed: int = 0, classifier_epochs: int = 6,
-                        clip_epochs: int = 30, files: int = 4) -> dict[str, Any]:
+                        clip_epochs: int = 60, files: int = 4) -> dict[str, Any]:
     from lakelens.operators.lens.foundation import train_tiny_clip
-    from lakelens.operators.lens.models import create_model, to_tensor, train_classifier
 
     lake.ensure_root()
     started = time.perf_counter()
     table = generate_images(n, ImageWorldParams(seed=seed))
-    per_file = -(-n // files)
-    for part in range(files):
-        chunk = table.slice(part * per_file, per_file)
-        lake.write_table(f"{IMAGES_DIR}/part-{part:05d}.parquet", chunk.select(["sample_id", "image", "label"]))
-        lake.write_table(f"truth/images/part-{part:05d}.parquet", chunk.drop_columns(["image"]))
-    images = np.stack([decode_image(b) for b in table.column("image").to_pylist()])
-    labels = torch.as_tensor(table.column("label").to_pylist())
-    torch.manual_seed(seed)
-    classifier = create_model("tiny-cnn", len(SHAPES))
-    losses = train_classifier(classifier, to_tensor(images), labels, epochs=classifier_epochs, seed=seed)
-    buffer = io.BytesIO()
-    torch.save(classifier.state_dict(), buffer)
-    lake.write_bytes(CLASSIFIER_PATH, buffer.getvalue())
+    write_images(lake, table, IMAGES_DIR, files)
+    classifier_loss = train_world_classifier(lake, table, CLASSIFIER_PATH, classifier_epochs, seed)
     local = lake.uri(FOUNDATION_PATH) if lake.scheme != "s3" else "/tmp/lakelens-tiny-clip.pt"
-    concepts = [concepts_of(r["shape"], r["colour"], r["texture"], r["marker"])
-                for r in table.select(["shape", "colour", "texture", "marker"]).to_pylist()]
-    clip_losses = train_tiny_clip(images, concepts, local, epochs=clip_epochs, seed=seed)
+    clip_losses = train_tiny_clip(TrainingViews(table), local, epochs=clip_epochs, seed=seed)
     if lake.scheme == "s3":
         with open(local, "rb") as handle:
             lake.write_bytes(FOUNDATION_PATH, handle.read())
-    return {"images": n, "classifier_loss": losses[-1], "clip_loss": clip_losses[-1],
+    return {"images": n, "classifier_loss": classifier_loss, "clip_loss": clip_losses[-1],
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def write_images(lake: Lake, table: pa.Table, dataset: str, files: int = 4) -> None:
+    """The images as the job reads them (`dataset/part-*.parquet`) and their concepts under `truth/`."""
+    per_file = -(-table.num_rows // files)
+    for part in range(files):
+        chunk = table.slice(part * per_file, per_file)
+        lake.write_table(f"{dataset}/part-{part:05d}.parquet", chunk.select(["sample_id", "image", "label"]))
+        lake.write_table(f"truth/{dataset}/part-{part:05d}.parquet", chunk.drop_columns(["image"]))
+
+
+def train_world_classifier(lake: Lake, table: pa.Table, path: str, epochs: int = 6, seed: int = 0) -> float:
+    """Trains the world's small CNN on its shapes, saves the state dict at `path`, returns the last loss."""
+    from lakelens.operators.lens.image_world import decode_image
+    from lakelens.operators.lens.models import create_model, to_tensor, train_classifier
+
+    images = np.stack([decode_image(b) for b in table.column("image").to_pylist()])
+    torch.manual_seed(seed)
+    classifier = create_model("tiny-cnn", len(SHAPES))
+    losses = train_classifier(classifier, to_tensor(images), torch.as_tensor(table.column("label").to_pylist()),
+                              epochs=epochs, seed=seed)
+    buffer = io.BytesIO()
+    torch.save(classifier.state_dict(), buffer)
+    lake.write_bytes(path, buffer.getvalue())
+    return losses[-1]
 
 
 def lens_config_for_world(model_id: str = "tiny-cnn-world") -> dict[str, Any]:
@@ -67,5 +78,5 @@ def lens_config_for_world(model_id: str = "tiny-cnn-world") -> dict[str, Any]:
             "expected": {"triangle": ["triangle"]}, "spurious": {"triangle": [MARKER]}}
 
 
-def truth(lake: Lake) -> pa.Table:
-    return pa.concat_tables([lake.read_table(f.path) for f in lake.list_files("truth/images", suffix=".parquet")])
+def truth(lake: Lake, dataset: str = IMAGES_DIR) -> pa.Table:
+    return pa.concat_tables([lake.read_table(f.path) for f in lake.list_files(f"truth/{dataset}", suffix=".parquet")])

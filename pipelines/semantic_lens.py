@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -34,7 +35,10 @@ EXAMPLE_MODES = ("activation", "relevance")
 EXAMPLES_SCHEMA = pa.schema([
     ("model_id", pa.string()), ("layer", pa.string()), ("unit", pa.int64()), ("mode", pa.string()),
     ("rank", pa.int64()), ("sample_id", pa.string()), ("score", pa.float64()),
+    ("crop_box", pa.list_(pa.int32(), 4)),  # y0, x0, y1, x1 of the embedded crop; null: the whole image
 ])
+VIEWS_SCHEMA = pa.schema([("sample_id", pa.string()), ("image", pa.binary()), ("layer", pa.string()),
+                          ("unit", pa.int64()), ("crop_box", pa.list_(pa.int32(), 4))])
 LABELS_SCHEMA = pa.schema([
     ("model_id", pa.string()), ("layer", pa.string()), ("unit", pa.int64()), ("label", pa.string()),
     ("alignment", pa.float64()), ("rank", pa.int64()),
@@ -76,27 +80,39 @@ def local_copy(lake: Lake, path: str) -> str:
     """A local file path for libraries that only open paths (open_clip)."""
     if Path(path).is_absolute() and Path(path).exists():
         return path
-    target = Path(tempfile.gettempdir()) / "lakelens-weights" / hashlib.sha1(lake.uri(path).encode()).hexdigest()
+    info = lake.fs.get_file_info(lake.path(path))
+    # keyed by size and modification time too: weights replaced at the same path must not hit a stale copy
+    version = f"{lake.uri(path)}|{info.size}|{info.mtime_ns}"
+    target = Path(tempfile.gettempdir()) / "lakelens-weights" / hashlib.sha1(version.encode()).hexdigest()
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(read_path(lake, path))
         tmp.replace(target)
     return str(target)
+
+
+def _recorder(lake: Lake, cfg: LensConfig):
+    """The model with its weights, on the GPU when there is one, wrapped for relevance passes."""
+    import torch
+
+    from lakelens.operators.lens.components import ComponentRecorder
+    from lakelens.operators.lens.models import create_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model(cfg.architecture, cfg.num_classes, read_path(lake, cfg.weights)).to(device)
+    return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target), device
+
+
+def _labels(batch: pa.Table) -> np.ndarray:
+    return pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 class ComponentStatsActor:
     """Loads the model once; each batch returns its own `ComponentStats`, pickled, for an exact merge."""
 
     def __init__(self, lake: Lake, cfg: LensConfig, run: Run) -> None:
-        import torch
-
-        from lakelens.operators.lens.components import ComponentRecorder
-        from lakelens.operators.lens.models import create_model
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = create_model(cfg.architecture, cfg.num_classes, read_path(lake, cfg.weights)).to(self.device)
-        self.recorder = ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target)
+        self.recorder, self.device = _recorder(lake, cfg)
         self.cfg, self.run = cfg, run
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -117,10 +133,9 @@ class ComponentStatsActor:
         if keep:
             kept = batch.take(pa.array(keep))
             ids = kept.column("sample_id").to_pylist()
-            labels = pc.fill_null(kept.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int64)
             x = to_tensor(np.stack(images)).to(self.device)
             with torch.enable_grad():
-                self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, labels)
+                self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
         return pa.table({"stats": pa.array([pickle.dumps(self.recorder.stats)], pa.binary())})
 
     def _quarantine(self, batch: pa.Table, reasons: list[tuple[int, str]]) -> None:
@@ -135,8 +150,48 @@ class ComponentStatsActor:
         self.run.write_quarantine("images", table, f"undecodable-{part}")
 
 
+class ExampleCropper:
+    """Loads the model once; crops each concept example to the region its component's relevance points at.
+
+    `wanted[sample_id]` lists the (layer, unit) components the sample is an example of; every pair
+    gets its own channel-conditioned heatmap (CRP), computed for many pairs per backward pass.
+    """
+
+    def __init__(self, lake: Lake, cfg: LensConfig, wanted: dict[str, list[tuple[str, int]]]) -> None:
+        self.recorder, self.device = _recorder(lake, cfg)
+        self.cfg, self.wanted = cfg, wanted
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from lakelens.operators.lens.crops import crop_resized, relevant_box
+        from lakelens.operators.lens.image_world import decode_image, encode_png
+        from lakelens.operators.lens.models import to_tensor
+
+        cfg = self.cfg
+        ids = batch.column("sample_id").to_pylist()
+        images = [decode_image(d, cfg.image_size or None) for d in batch.column("image").to_pylist()]
+        labels = _labels(batch)
+        pairs = [(i, layer, unit) for i, s in enumerate(ids) for layer, unit in self.wanted.get(s, [])]
+        rows = []
+        for start in range(0, len(pairs), cfg.batch_size):
+            chunk = pairs[start:start + cfg.batch_size]
+            for layer in dict.fromkeys(p[1] for p in chunk):
+                mine = [p for p in chunk if p[1] == layer]
+                rows_of = np.array([p[0] for p in mine])
+                x = to_tensor(np.stack([images[i] for i in rows_of])).to(self.device)
+                with torch.enable_grad():
+                    heatmaps = self.recorder.channel_heatmaps(x, layer, np.array([p[2] for p in mine]), labels[rows_of])
+                for (i, _, unit), heatmap in zip(mine, heatmaps):
+                    box = relevant_box(heatmap, cfg.crop_threshold, cfg.crop_min_side)
+                    crop = crop_resized(images[i], box, images[i].shape[0])
+                    rows.append({"sample_id": ids[i], "image": encode_png(crop), "layer": layer, "unit": unit,
+                                 "crop_box": list(box)})
+        return pa.Table.from_pylist(rows, schema=VIEWS_SCHEMA)
+
+
 class FoundationEmbedder:
-    """Loads the foundation model once; embeds the images of a batch."""
+    """Loads the foundation model once; adds each row's image embedding."""
 
     def __init__(self, lake: Lake, cfg: LensConfig) -> None:
         import torch
@@ -151,8 +206,8 @@ class FoundationEmbedder:
 
         images = np.stack([decode_image(d) for d in batch.column("image").to_pylist()])
         vectors = self.foundation.embed_images(images).astype(np.float32)
-        return pa.table({"sample_id": batch.column("sample_id"), "image": batch.column("image"),
-                         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])})
+        return batch.append_column("embedding",
+                                   pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]))
 
 
 def run_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
@@ -176,6 +231,14 @@ def run_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig, force: b
 
 def _only_samples(batch: pa.Table, wanted: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch.column("sample_id"), value_set=wanted))
+
+
+def _whole_images(batch: pa.Table) -> pa.Table:
+    """Views that are the whole image: no component yet (they serve every component they are an example of)."""
+    n = batch.num_rows
+    return pa.table({"sample_id": batch.column("sample_id"), "image": batch.column("image"),
+                     "layer": pa.nulls(n, pa.string()), "unit": pa.nulls(n, pa.int64()),
+                     "crop_box": pa.nulls(n, pa.list_(pa.int32(), 4))}, schema=VIEWS_SCHEMA)
 
 
 def _check(lake: Lake, cfg: LensConfig) -> None:
@@ -215,46 +278,85 @@ def _execute(run: Run, lake: Lake, cfg: LensConfig) -> dict[str, Any]:
             raise ValueError("no image could be decoded; see the run's quarantine")
         stats.prune_ids()
         examples = _examples_table(cfg, stats)
-        lake.write_table(f"{run.table_dir('component_examples')}/part-00000.parquet", examples)
     run.metrics["components"] = {"images": stats.samples, "accuracy": stats.correct / stats.labelled if stats.labelled
                                  else None, "actors": actors, "device": "cuda" if gpus else "cpu"}
 
     with run.stage("embed_examples"):
-        wanted = pc.filter(examples, pc.equal(examples.column("mode"), cfg.examples_mode)).column("sample_id")
-        needed = pa.array(sorted(set(wanted.to_pylist())), pa.string())
-        chosen = images.map_batches(_only_samples, fn_kwargs={"wanted": needed}, batch_format="pyarrow")
-        embedded = chosen.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg},
-                                      batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
-        sample_vectors = collect_table(embedded, pa.schema([]))
-    run.metrics["embed_examples"] = {"embedded_samples": sample_vectors.num_rows, "dataset_samples": stats.samples}
+        chosen = examples.filter(pc.equal(examples.column("mode"), cfg.examples_mode))
+        needed = pa.array(sorted(set(chosen.column("sample_id").to_pylist())), pa.string())
+        selected = images.map_batches(_only_samples, fn_kwargs={"wanted": needed}, batch_format="pyarrow")
+        if cfg.crop_examples:
+            wanted: dict[str, list[tuple[str, int]]] = {}
+            for r in chosen.select(["sample_id", "layer", "unit"]).to_pylist():
+                wanted.setdefault(r["sample_id"], []).append((r["layer"], r["unit"]))
+            views = selected.map_batches(ExampleCropper, fn_constructor_kwargs={"lake": lake, "cfg": cfg, "wanted": wanted},
+                                         batch_size=max(1, cfg.batch_size // 8), batch_format="pyarrow", **compute)
+        else:
+            views = selected.map_batches(_whole_images, batch_format="pyarrow")
+        embedded = views.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg},
+                                     batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
+        example_views = _views_per_component(collect_table(embedded, VIEWS_SCHEMA), chosen)
+        examples = _with_crop_boxes(examples, example_views, cfg.examples_mode)
+        lake.write_table(f"{run.table_dir('component_examples')}/part-00000.parquet", examples)
+    run.metrics["embed_examples"] = {"embedded_samples": len(needed), "embedded_views": len(example_views),
+                                     "cropped": cfg.crop_examples, "dataset_samples": stats.samples}
 
     with run.stage("semantics"):
-        components, labels, audits = _semantics(run, lake, cfg, stats, examples, sample_vectors)
+        components, labels, audits = _semantics(lake, cfg, stats, chosen, example_views)
     lake.write_table(f"{run.table_dir('components')}/part-00000.parquet", components)
     lake.write_table(f"{run.table_dir('concept_labels')}/part-00000.parquet", labels)
     lake.write_table(f"{run.table_dir('audits')}/part-00000.parquet", audits)
     report = f"{run.prefix}/report/index.html"
-    lake.write_bytes(report, _report(cfg, components, examples, sample_vectors, audits).encode())
+    lake.write_bytes(report, _report(cfg, components, chosen, example_views, audits).encode())
     run.metrics["report"] = report
     manifest = run.commit(expected_tables={"component_examples": EXAMPLES_SCHEMA, "concept_labels": LABELS_SCHEMA,
                                            "audits": AUDITS_SCHEMA})
     flagged = [r["class_name"] for r in audits.to_pylist() if r["flagged"]]
     print(f"semantic-lens: {stats.samples:,} images, {components.num_rows} components in {len(cfg.layers)} layers; "
-          f"embedded {sample_vectors.num_rows:,} example images; audits flag: {', '.join(flagged) or 'nothing'}; "
+          f"embedded {len(example_views):,} example {'crops' if cfg.crop_examples else 'images'}; audits flag: {', '.join(flagged) or 'nothing'}; "
           f"timings {manifest['timings_s']}")
     return manifest
 
 
-def _report(cfg: LensConfig, components: pa.Table, examples: pa.Table, sample_vectors: pa.Table,
-            audits: pa.Table) -> str:
+ComponentViews = dict[tuple[str, int, str], dict[str, Any]]  # (layer, unit, sample_id) -> embedding, image, crop_box
+
+
+def _views_per_component(views: pa.Table, chosen: pa.Table) -> ComponentViews:
+    """Every (component, example) pair with its embedded view: its own crop, or the shared whole image."""
+    dim = views.schema.field("embedding").type.list_size if views.num_rows else 0
+    vectors = np.asarray(views.column("embedding").combine_chunks().values).reshape(-1, dim) if dim else []
+    own, shared = {}, {}
+    for row, vector in zip(views.drop_columns(["embedding"]).to_pylist(), vectors):
+        row["embedding"] = vector
+        if row["layer"] is None:
+            shared[row["sample_id"]] = row
+        else:
+            own[(row["layer"], row["unit"], row["sample_id"])] = row
+    out: ComponentViews = {}
+    for r in chosen.select(["layer", "unit", "sample_id"]).to_pylist():
+        key = (r["layer"], r["unit"], r["sample_id"])
+        view = own.get(key) or shared.get(r["sample_id"])
+        if view is None:
+            raise RuntimeError(f"no embedded view for example {key}")
+        out[key] = view
+    return out
+
+
+def _with_crop_boxes(examples: pa.Table, views: ComponentViews, mode: str) -> pa.Table:
+    boxes = [views[(r["layer"], r["unit"], r["sample_id"])]["crop_box"] if r["mode"] == mode else None
+             for r in examples.select(["layer", "unit", "sample_id", "mode"]).to_pylist()]
+    return examples.set_column(examples.schema.get_field_index("crop_box"), "crop_box",
+                               pa.array(boxes, pa.list_(pa.int32(), 4)))
+
+
+def _report(cfg: LensConfig, components: pa.Table, chosen: pa.Table, views: ComponentViews, audits: pa.Table) -> str:
     from lakelens.operators.lens.report import render_report
 
-    ranked: dict[tuple[str, int], list[str]] = {}
-    for r in examples.filter(pc.equal(examples.column("mode"), cfg.examples_mode)).sort_by("rank").to_pylist():
-        ranked.setdefault((r["layer"], r["unit"]), []).append(r["sample_id"])
-    images = dict(zip(sample_vectors.column("sample_id").to_pylist(), sample_vectors.column("image").to_pylist()))
-    return render_report(cfg.model_id, components.drop_columns(["embedding"]).to_pylist(), ranked, images,
-                         audits.to_pylist())
+    ranked: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+    for r in chosen.sort_by("rank").to_pylist():
+        view = views[(r["layer"], r["unit"], r["sample_id"])]
+        ranked.setdefault((r["layer"], r["unit"]), []).append((r["sample_id"], view["image"]))
+    return render_report(cfg.model_id, components.drop_columns(["embedding"]).to_pylist(), ranked, audits.to_pylist())
 
 
 def _examples_table(cfg: LensConfig, stats) -> pa.Table:
@@ -267,36 +369,34 @@ def _examples_table(cfg: LensConfig, stats) -> pa.Table:
                     if index >= 0:
                         rows.append({"model_id": cfg.model_id, "layer": layer, "unit": unit, "mode": mode,
                                      "rank": rank + 1, "sample_id": stats.sample_ids[index],
-                                     "score": float(topk.scores[rank, unit])})
+                                     "score": float(topk.scores[rank, unit]), "crop_box": None})
     return pa.Table.from_pylist(rows, schema=EXAMPLES_SCHEMA)
 
 
-def _semantics(run: Run, lake: Lake, cfg: LensConfig, stats, examples: pa.Table,
-               sample_vectors: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+def _semantics(lake: Lake, cfg: LensConfig, stats, chosen: pa.Table,
+               views: ComponentViews) -> tuple[pa.Table, pa.Table, pa.Table]:
     from lakelens.operators.lens import measures
     from lakelens.operators.lens.foundation import load_foundation
 
     foundation = load_foundation(cfg.foundation, local_copy(lake, cfg.foundation_weights))
-    dim = sample_vectors.schema.field("embedding").type.list_size
-    vector_of = dict(zip(sample_vectors.column("sample_id").to_pylist(),
-                         np.asarray(sample_vectors.column("embedding").combine_chunks().values).reshape(-1, dim)))
     vocab = list(dict.fromkeys(cfg.vocabulary))
     label_vectors = np.stack([foundation.embed_texts([t.format(v) for t in cfg.templates]) for v in vocab])
     empty = foundation.embed_texts([t.format("") for t in cfg.templates])
     class_names = cfg.class_names or [str(c) for c in range(cfg.num_classes)]
-    chosen = examples.filter(pc.equal(examples.column("mode"), cfg.examples_mode)).to_pylist()
+    dim = label_vectors.shape[-1]
     rows, label_rows, per_layer = [], [], {}
     for layer, layer_stats in stats.layers.items():
         units = layer_stats.activation_sum.shape[0]
         by_unit: dict[int, list[str]] = {}
-        for r in chosen:
+        for r in chosen.sort_by("rank").to_pylist():
             if r["layer"] == layer:
                 by_unit.setdefault(r["unit"], []).append(r["sample_id"])
         # every unit gets the same number of examples so the measures compare; k is the smallest seen
         k = min((len(v) for v in by_unit.values()), default=0)
         if k < 2:
             raise ValueError(f"layer {layer}: fewer than two concept examples per component")
-        example_vectors = np.stack([np.stack([vector_of[s] for s in by_unit[u][:k]]) for u in range(units)])
+        example_vectors = np.stack([np.stack([views[(layer, u, s)]["embedding"] for s in by_unit[u][:k]])
+                                    for u in range(units)])
         vectors = measures.component_embeddings(example_vectors)
         clarity = measures.clarity(example_vectors)
         poly = measures.polysemanticity(example_vectors)
@@ -328,8 +428,9 @@ def _audits(cfg: LensConfig, vocab: list[str], per_layer: dict[str, tuple[np.nda
     """Per class and concept set: the share of the class's relevance held by components that encode the set.
 
     A component encodes a set when its best alignment to the set's concepts clears `min_alignment`
-    and beats its alignment to the class's other set; shares are summed over the analysed layers
-    and divided by their number, so the result reads as a share of one layer's relevance.
+    and beats its alignment to the class's other set. Each layer carries all of a class's
+    relevance, so the share is taken per layer and the audit reports the layer where the set holds
+    the most: a concept encoded at one depth is not diluted by the layers that do not encode it.
     """
     rows = []
     index = {v: i for i, v in enumerate(vocab)}
@@ -342,27 +443,27 @@ def _audits(cfg: LensConfig, vocab: list[str], per_layer: dict[str, tuple[np.nda
             missing = [x for x in concepts if x not in index]
             if missing:
                 raise ValueError(f"audit concepts {missing} are not in the vocabulary")
-        totals = {kind: 0.0 for kind in sets}
-        members: dict[str, list[tuple[float, str]]] = {kind: [] for kind in sets}
+        best_layer: dict[str, tuple[float, str, list[str]]] = {kind: (0.0, "", []) for kind in sets}
         for layer, (aligned, share) in per_layer.items():
             best = {kind: (aligned[:, [index[x] for x in concepts]].max(axis=1) if concepts
                            else np.full(aligned.shape[0], -np.inf)) for kind, concepts in sets.items()}
             for kind in sets:
                 other = best["spurious" if kind == "expected" else "expected"]
-                mine = (best[kind] >= cfg.min_alignment) & (best[kind] > other)
-                for u in np.flatnonzero(mine):
-                    totals[kind] += share[c, u] / len(per_layer)
-                    members[kind].append((share[c, u], f"{layer}:{u}"))
+                mine = np.flatnonzero((best[kind] >= cfg.min_alignment) & (best[kind] > other))
+                total = float(share[c, mine].sum())
+                if total > best_layer[kind][0]:
+                    ranked = mine[np.argsort(-share[c, mine], kind="stable")]
+                    best_layer[kind] = (total, layer, [f"{layer}:{u}" for u in ranked[:5]])
         for kind, concepts in sets.items():
             if not concepts:
                 continue
-            top = [name for _, name in sorted(members[kind], reverse=True)[:5]]
-            flagged = kind == "spurious" and totals[kind] >= cfg.max_spurious_share
-            finding = (f"{totals[kind]:.0%} of the relevance for class {class_name} goes to components encoding "
+            total, layer, top = best_layer[kind]
+            flagged = kind == "spurious" and total >= cfg.max_spurious_share
+            where = f" in layer {layer}" if layer else " in any analysed layer"
+            finding = (f"{total:.0%} of the relevance for class {class_name}{where} goes to components encoding "
                        f"{', '.join(concepts)}" + (" (spurious: above the allowed share)" if flagged else ""))
             rows.append({"model_id": cfg.model_id, "class_name": class_name, "kind": kind, "concepts": concepts,
-                         "relevance_share": float(totals[kind]), "components": top, "flagged": flagged,
-                         "finding": finding})
+                         "relevance_share": total, "components": top, "flagged": flagged, "finding": finding})
     return pa.Table.from_pylist(rows, schema=AUDITS_SCHEMA)
 
 

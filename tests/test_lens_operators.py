@@ -142,3 +142,48 @@ def test_a_missing_layer_name_lists_the_valid_ones_and_mismatched_weights_are_re
 def test_undecodable_bytes_are_a_clear_error():
     with pytest.raises(ValueError, match="undecodable image"):
         decode_image(b"not an image")
+
+
+def test_channel_conditioned_heatmaps_add_up_to_the_unconditioned_input_relevance(tiny_world):
+    _, images, labels, model = tiny_world
+    recorder = ComponentRecorder(model, ["block2"], num_classes=4)
+    x = to_tensor(images[:3])
+    channels = 32
+    per_channel = recorder.channel_heatmaps(x.repeat_interleave(channels, 0), "block2",
+                                            np.tile(np.arange(channels), 3), np.repeat(labels[:3], channels))
+    summed = per_channel.reshape(3, channels, 32, 32).sum(1)
+    everything = recorder.channel_heatmaps(x, "block2", np.zeros(3, int), labels[:3])  # one channel only
+    _, _, x_all = recorder._relevance_pass(x, labels[:3], {})
+    whole = x_all.grad.sum(1).numpy()
+    assert np.allclose(summed, whole, atol=1e-5 * np.abs(whole).max())
+    assert not np.allclose(everything, whole)
+
+
+def test_the_relevant_box_frames_the_compact_peak_and_keeps_a_minimum_square_inside_the_image():
+    from lakelens.operators.lens.crops import crop_resized, relevant_box
+
+    heatmap = np.zeros((32, 32))
+    heatmap[1:5, 1:5] = 5.0  # a strong compact spot in the corner
+    heatmap[12:28, 10:26] = 0.2  # weak relevance spread over a large region
+    y0, x0, y1, x1 = relevant_box(heatmap)
+    assert (y0, x0) == (0, 0) and y1 - y0 == x1 - x0 == 8  # the minimum side, a quarter of 32
+    heatmap[1:5, 1:5] = 0.0
+    assert relevant_box(heatmap) == (11, 9, 29, 27)  # the spread region, framed as a square
+    assert relevant_box(-np.ones((32, 32))) == (0, 0, 32, 32)  # nothing positive: the whole image
+    image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    assert crop_resized(image, (0, 0, 8, 8), 32).shape == (32, 32, 3)
+    assert (crop_resized(image, (0, 0, 32, 32), 32) == image).all()
+
+
+def test_training_views_name_only_the_concepts_a_crop_shows():
+    from lakelens.operators.lens.image_world import MARKER, TrainingViews, unpack_mask, visible_concepts
+
+    table = generate_images(40, ImageWorldParams(seed=4))
+    row = next(r for r in table.to_pylist() if r["marker"])
+    mask = unpack_mask(row["shape_mask"], 32)
+    truth = {k: row[k] for k in ("shape", "colour", "texture", "marker")}
+    assert visible_concepts((0, 0, 32, 32), mask, **truth) == {row["shape"], row["colour"], row["texture"], MARKER}
+    assert visible_concepts((0, 0, 8, 8), mask, **truth) == {MARKER}
+    assert row["shape"] not in visible_concepts((12, 12, 20, 20), mask, **truth)
+    views, concepts = TrainingViews(table).draw(np.arange(40), np.random.default_rng(0))
+    assert views.shape == (40, 32, 32, 3) and all(concepts)

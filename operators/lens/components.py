@@ -13,6 +13,7 @@ relevance, and per-class relevance sums for audits. Stats from many actors merge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -101,28 +102,12 @@ class ComponentRecorder:
         outputs: dict[str, torch.Tensor] = {}
 
         def keep(name):
-            def hook(_module, _inputs, output):
-                output = output[0] if isinstance(output, tuple) else output
+            def hook(output):
                 output.retain_grad()
                 outputs[name] = output
             return hook
 
-        handles = [module.register_forward_hook(keep(name)) for name, module in self.layers.items()]
-        composite = make_composite(self.composite_name)
-        try:
-            x = images.clone().requires_grad_(True)
-            if composite is None:
-                logits = self.model(x)
-                target = self._targets(logits, labels)
-                logits.backward(gradient=self._start(logits, target))
-            else:
-                with composite.context(self.model) as modified:
-                    logits = modified(x)
-                    target = self._targets(logits, labels)
-                    logits.backward(gradient=self._start(logits, target))
-        finally:
-            for handle in handles:
-                handle.remove()
+        logits, target, _ = self._relevance_pass(images, labels, {name: keep(name) for name in self.layers})
         if self.stats is None:
             self.stats = self._empty({n: int(o.shape[1]) for n, o in outputs.items()})
         stats = self.stats
@@ -138,15 +123,61 @@ class ComponentRecorder:
         np.add.at(stats.class_counts, target, 1)
         stats.samples += len(sample_index)
         if labels is not None:
-            predicted = logits.detach().argmax(1).numpy()
+            predicted = logits.detach().argmax(1).cpu().numpy()
             known = labels >= 0
             stats.correct += int((predicted[known] == labels[known]).sum())
             stats.labelled += int(known.sum())
         stats.sample_ids.update(zip(np.asarray(sample_index).tolist(), sample_ids))
         stats.prune_ids()
 
+    def channel_heatmaps(self, images: torch.Tensor, layer: str, channels: np.ndarray,
+                         labels: np.ndarray | None = None) -> np.ndarray:
+        """CRP: each image's input relevance conditioned on one channel of `layer` (row i on channels[i]).
+
+        The relevance reaching the layer is masked to the chosen channel before it flows further
+        back, so the heatmap shows where in the image that channel's share of the decision comes
+        from. Returns (n, height, width): relevance summed over colour channels.
+        """
+        channels = torch.as_tensor(np.asarray(channels), dtype=torch.long)
+
+        def only_the_channel(output):
+            mask = torch.zeros_like(output)
+            mask[torch.arange(len(channels)), channels.to(output.device)] = 1
+            output.register_hook(lambda grad: grad * mask)
+
+        _, _, x = self._relevance_pass(images, labels, {layer: only_the_channel})
+        return x.grad.detach().sum(1).cpu().double().numpy()
+
+    def _relevance_pass(self, images: torch.Tensor, labels: np.ndarray | None,
+                        on_output: dict[str, Callable[[torch.Tensor], None]]
+                        ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """One forward and one modified backward from the target logits; `on_output[name]` sees
+        each named layer's output during the forward. Returns logits, targets and the input."""
+        def hook_for(name):
+            def hook(_module, _inputs, output):
+                on_output[name](output[0] if isinstance(output, tuple) else output)
+            return hook
+
+        handles = [self.layers[name].register_forward_hook(hook_for(name)) for name in on_output]
+        composite = make_composite(self.composite_name)
+        try:
+            x = images.clone().requires_grad_(True)
+            if composite is None:
+                logits = self.model(x)
+                target = self._targets(logits, labels)
+                logits.backward(gradient=self._start(logits, target))
+            else:
+                with composite.context(self.model) as modified:
+                    logits = modified(x)
+                    target = self._targets(logits, labels)
+                    logits.backward(gradient=self._start(logits, target))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return logits, target, x
+
     def _targets(self, logits: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
-        predicted = logits.detach().argmax(1).numpy()
+        predicted = logits.detach().argmax(1).cpu().numpy()
         if self.target == "label" and labels is not None:
             return np.where(labels >= 0, labels, predicted)
         return predicted
@@ -155,12 +186,13 @@ class ComponentRecorder:
     def _start(logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
         """Relevance enters at the target logit with the logit's value, as CRP starts it."""
         start = torch.zeros_like(logits)
-        rows = torch.arange(len(target))
-        start[rows, torch.as_tensor(target)] = logits.detach()[rows, torch.as_tensor(target)]
+        rows = torch.arange(len(target), device=logits.device)
+        columns = torch.as_tensor(target, device=logits.device)
+        start[rows, columns] = logits.detach()[rows, columns]
         return start
 
 
 def _aggregate(tensor: torch.Tensor, how: str) -> np.ndarray:
     """(batch, channels, ...) -> (batch, channels) over the spatial or token axes."""
     flat = tensor.flatten(2) if tensor.ndim > 2 else tensor[..., None]
-    return (flat.mean(-1) if how == "mean" else flat.sum(-1)).double().numpy()
+    return (flat.mean(-1) if how == "mean" else flat.sum(-1)).double().cpu().numpy()

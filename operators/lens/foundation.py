@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -88,41 +89,46 @@ def load_foundation(architecture: str, weights: str | Path | None, device: str =
                       tuple(cfg.get("std", open_clip.constants.OPENAI_DATASET_STD)), device)
 
 
-def train_tiny_clip(images_uint8: np.ndarray, concepts: list[frozenset[str]], out_path: str | Path,
-                    epochs: int = 30, batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> list[float]:
-    """Contrastive training of `lakelens-tiny-clip` on images and partial captions of their concepts.
+class Views(Protocol):
+    """Training data for a contrastive model: images (or crops) with the concepts each one shows."""
 
-    Each epoch draws a fresh caption per image naming a random subset of its concepts; a caption
-    matches every image in the batch that has all the concepts it names (multi-positive InfoNCE).
-    Saves a state dict to `out_path`, which `load_foundation` reads back like any weights file.
+    def __len__(self) -> int: ...
+
+    def draw(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[frozenset[str]]]: ...
+
+
+def train_tiny_clip(views: Views, out_path: str | Path, epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
+                    seed: int = 0) -> list[float]:
+    """Contrastive training of `lakelens-tiny-clip` on views and partial captions of their concepts.
+
+    Each batch draws fresh views (an image or a crop of it) and, per view, a caption naming a
+    random subset of the concepts it shows; a caption matches every view in the batch that shows
+    all the concepts it names (multi-positive InfoNCE). Saves a state dict to `out_path`, which
+    `load_foundation` reads back like any weights file.
     """
     from lakelens.operators.lens.image_world import partial_caption
+    from lakelens.operators.lens.training import fit_minibatches
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     foundation = load_foundation(TINY_CLIP, None)
     model = foundation.model.train()
-    images = foundation.preprocess(images_uint8)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(images))
-        total = 0.0
-        for start in range(0, len(images) - 1, batch_size):
-            idx = order[start:start + batch_size].tolist()
-            drawn = [partial_caption(concepts[i], rng) for i in idx]
-            tokens = foundation.tokenizer([text for text, _ in drawn])
-            matches = torch.as_tensor([[named <= concepts[i] for _, named in drawn] for i in idx], dtype=torch.float32)
-            image_features = torch.nn.functional.normalize(model.encode_image(images[idx]), dim=-1)
-            text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-            logits = model.logit_scale.exp() * image_features @ text_features.T
-            loss = (torch.nn.functional.cross_entropy(logits, matches / matches.sum(1, keepdim=True))
-                    + torch.nn.functional.cross_entropy(logits.T, (matches / matches.sum(0, keepdim=True)).T)) / 2
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / len(images))
+    soft_ce = torch.nn.functional.cross_entropy
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        images, shown = views.draw(idx.numpy(), rng)
+        drawn = [partial_caption(concepts, rng) for concepts in shown]
+        tokens = foundation.tokenizer([text for text, _ in drawn])
+        matches = torch.as_tensor([[named <= concepts for _, named in drawn] for concepts in shown],
+                                  dtype=torch.float32)
+        image_features = torch.nn.functional.normalize(model.encode_image(foundation.preprocess(images)), dim=-1)
+        text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        return (soft_ce(logits, matches / matches.sum(1, keepdim=True))
+                + soft_ce(logits.T, (matches / matches.sum(0, keepdim=True)).T)) / 2
+
+    losses = fit_minibatches(model.parameters(), len(views), batch_loss, epochs, batch_size, torch.optim.AdamW, seed,
+                             lr=lr, weight_decay=0.1)
     model.eval()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_path)

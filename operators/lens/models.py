@@ -101,21 +101,13 @@ def resolve_layers(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]:
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 8,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> list[float]:
     """Plain supervised training (for the synthetic world); returns the loss per epoch."""
+    from lakelens.operators.lens.training import fit_minibatches
+
     torch.manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(images))
-        total = 0.0
-        for start in range(0, len(images), batch_size):
-            idx = order[start:start + batch_size]
-            loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / len(images))
+    losses = fit_minibatches(model.parameters(), len(images),
+                             lambda idx: nn.functional.cross_entropy(model(images[idx]), labels[idx]),
+                             epochs, batch_size, torch.optim.Adam, seed, lr=lr)
     model.eval()
     return losses
 

@@ -7,9 +7,10 @@ import html
 from typing import Any
 
 
-def render_report(model_id: str, components: list[dict[str, Any]], examples: dict[tuple[str, int], list[str]],
-                  images: dict[str, bytes], audits: list[dict[str, Any]], per_layer: int = 8) -> str:
-    """`examples[(layer, unit)]` lists sample ids in rank order; `images` maps sample id to PNG bytes."""
+def render_report(model_id: str, components: list[dict[str, Any]],
+                  examples: dict[tuple[str, int], list[tuple[str, bytes]]], audits: list[dict[str, Any]],
+                  per_layer: int = 8) -> str:
+    """`examples[(layer, unit)]` lists (sample id, PNG bytes of the image or its relevant crop) in rank order."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lakelens lens: {esc(model_id)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -35,8 +36,8 @@ def render_report(model_id: str, components: list[dict[str, Any]], examples: dic
                      "<th>polysemanticity</th><th>redundancy</th><th>examples</th></tr>")
         for c in mine[:per_layer]:
             thumbs = "".join(
-                f"<img alt='{esc(s)}' src='data:image/png;base64,{base64.b64encode(images[s]).decode()}'>"
-                for s in examples.get((layer, c["unit"]), [])[:6] if s in images)
+                f"<img alt='{esc(s)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+                for s, png in examples.get((layer, c["unit"]), [])[:6])
             parts.append(f"<tr><td>{c['unit']}</td><td>{esc(c['label'])}</td><td>{c['label_score']:+.3f}</td>"
                          f"<td>{c['clarity']:.2f}</td><td>{c['polysemanticity']:.2f}</td><td>{c['redundancy']:.2f}</td>"
                          f"<td>{thumbs}</td></tr>")
