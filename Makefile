@@ -20,7 +20,7 @@ DEMO_NEXT_DATE ?= 2026-01-04
 DEMO_EPOCHS ?= 30
 LENS ?= 1
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup browser demo test bench clean-demo
 
 $(VENV)/.deps-installed:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ $(VENV)/.deps-installed:
 setup: $(VENV)/.deps-installed
 	@# re-point the editable install at this checkout (the venv may be shared by clones)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+
+# Debian's chromium for the browser tests of the HTML reports (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
 
 demo: setup
 	$(BIN)/lakelens generate --out $(DEMO_LAKE) --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 7
@@ -64,7 +70,7 @@ demo: setup
 	fi
 	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE)   (views: flagged_clusters, cluster_members, rules, cluster_history, cluster_reviews, apply_rule('<rule_id>'), clusters, txn_clusters, cluster_rules, sequences, runs, quarantine; see README)"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -76,7 +76,8 @@ def main() -> None:
         manifest = run_semantic_lens(lake, "images", config, force=True)
         ours = time.perf_counter() - began
     print(f"lakelens semantic-lens job (cold Ray, {len(x):,} images): {ours:.1f} s, peak RSS {rss.gib:.2f} GiB, "
-          f"stages {manifest['timings_s']}, embedded {manifest['metrics']['embed_examples']['embedded_samples']:,} images")
+          f"stages {manifest['timings_s']}, embedded {manifest['metrics']['embed_examples']['embedded_views']:,} crops "
+          f"of {manifest['metrics']['embed_examples']['embedded_samples']:,} example images")
 
     import_torchvision()
     from semanticlens.component_visualization.activation_based import ActivationComponentVisualizer

@@ -159,3 +159,27 @@ def test_comparing_a_model_with_one_of_its_layers_finds_every_concept_of_the_lay
     assert all(r["status"] in ("shared", "only_a") for r in rows)  # B's components are A's block3
     assert {r["matched_share_b"] for r in rows} == {1.0}
     assert any(r["status"] == "shared" for r in rows)
+
+
+def test_the_report_opens_in_a_browser_with_the_flagged_audit_and_every_example_crop_decoded(lens_lake):
+    from playwright.sync_api import sync_playwright
+
+    lake, manifest = lens_lake
+    report = lake.uri(manifest["metrics"]["report"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(f"file://{report}")
+            flagged = page.locator("#audits tr.flag").all_inner_texts()
+            sizes = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            layers = page.locator("table.components").count()
+            title = page.title()
+        finally:
+            browser.close()
+    assert len(flagged) == 1 and "triangle" in flagged[0] and MARKER in flagged[0], flagged
+    assert len(sizes) >= 2 * 8 * 3 and all(s == [True, 32, 32] for s in sizes), sizes[:5]
+    assert layers == 2 and MODEL in title
