@@ -295,10 +295,11 @@ def _execute(run: Run, lake: Lake, cfg: LensConfig) -> dict[str, Any]:
             views = selected.map_batches(_whole_images, batch_format="pyarrow")
         embedded = views.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg},
                                      batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
-        example_views = _views_per_component(collect_table(embedded, VIEWS_SCHEMA), chosen)
+        embedded_views = collect_table(embedded, VIEWS_SCHEMA)
+        example_views = _views_per_component(embedded_views, chosen)
         examples = _with_crop_boxes(examples, example_views, cfg.examples_mode)
         lake.write_table(f"{run.table_dir('component_examples')}/part-00000.parquet", examples)
-    run.metrics["embed_examples"] = {"embedded_samples": len(needed), "embedded_views": len(example_views),
+    run.metrics["embed_examples"] = {"embedded_samples": len(needed), "embedded_views": embedded_views.num_rows,
                                      "cropped": cfg.crop_examples, "dataset_samples": stats.samples}
 
     with run.stage("semantics"):
@@ -313,7 +314,7 @@ def _execute(run: Run, lake: Lake, cfg: LensConfig) -> dict[str, Any]:
                                            "audits": AUDITS_SCHEMA})
     flagged = [r["class_name"] for r in audits.to_pylist() if r["flagged"]]
     print(f"semantic-lens: {stats.samples:,} images, {components.num_rows} components in {len(cfg.layers)} layers; "
-          f"embedded {len(example_views):,} example {'crops' if cfg.crop_examples else 'images'}; audits flag: {', '.join(flagged) or 'nothing'}; "
+          f"embedded {run.metrics['embed_examples']['embedded_views']:,} example {'crops' if cfg.crop_examples else 'images'}; audits flag: {', '.join(flagged) or 'nothing'}; "
           f"timings {manifest['timings_s']}")
     return manifest
 

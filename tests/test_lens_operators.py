@@ -84,11 +84,11 @@ def test_activation_topk_equals_the_semanticlens_visualizer_on_the_same_model_an
     from semanticlens.component_visualization.activation_based import ActivationComponentVisualizer
 
     table, images, labels, model = tiny_world
-    recorder = ComponentRecorder(model, ["block2", "block3"], num_classes=4, k=8)
     x = to_tensor(images)
-    for start in range(0, len(x), 100):
-        rows = np.arange(start, min(start + 100, len(x)))
-        recorder.record(x[rows], rows, [str(i) for i in rows], labels[rows])
+    with ComponentRecorder(model, ["block2", "block3"], num_classes=4, k=8) as recorder:
+        for start in range(0, len(x), 100):
+            rows = np.arange(start, min(start + 100, len(x)))
+            recorder.record(x[rows], rows, [str(i) for i in rows], labels[rows])
     dataset = torch.utils.data.TensorDataset(x, torch.as_tensor(labels))
     visualizer = ActivationComponentVisualizer(model, dataset, dataset, ["block2", "block3"], num_samples=8,
                                                device="cpu")
@@ -119,9 +119,9 @@ def test_activation_topk_equals_the_semanticlens_visualizer_on_the_same_model_an
 
 def test_relevance_flows_to_every_component_in_one_backward_pass_and_sums_per_class(tiny_world):
     table, images, labels, model = tiny_world
-    recorder = ComponentRecorder(model, ["block3"], num_classes=4, k=5)
     x = to_tensor(images[:64])
-    recorder.record(x, np.arange(64), [str(i) for i in range(64)], labels[:64])
+    with ComponentRecorder(model, ["block3"], num_classes=4, k=5) as recorder:
+        recorder.record(x, np.arange(64), [str(i) for i in range(64)], labels[:64])
     stats = recorder.stats.layers["block3"]
     assert stats.class_relevance.shape == (4, 32)
     assert np.isfinite(stats.class_relevance).all() and np.abs(stats.class_relevance).sum() > 0
@@ -146,14 +146,14 @@ def test_undecodable_bytes_are_a_clear_error():
 
 def test_channel_conditioned_heatmaps_add_up_to_the_unconditioned_input_relevance(tiny_world):
     _, images, labels, model = tiny_world
-    recorder = ComponentRecorder(model, ["block2"], num_classes=4)
     x = to_tensor(images[:3])
     channels = 32
-    per_channel = recorder.channel_heatmaps(x.repeat_interleave(channels, 0), "block2",
-                                            np.tile(np.arange(channels), 3), np.repeat(labels[:3], channels))
+    with ComponentRecorder(model, ["block2"], num_classes=4) as recorder:
+        per_channel = recorder.channel_heatmaps(x.repeat_interleave(channels, 0), "block2",
+                                                np.tile(np.arange(channels), 3), np.repeat(labels[:3], channels))
+        everything = recorder.channel_heatmaps(x, "block2", np.zeros(3, int), labels[:3])  # one channel only
+        _, _, x_all = recorder._relevance_pass(x, labels[:3], {}, input_relevance=True)
     summed = per_channel.reshape(3, channels, 32, 32).sum(1)
-    everything = recorder.channel_heatmaps(x, "block2", np.zeros(3, int), labels[:3])  # one channel only
-    _, _, x_all = recorder._relevance_pass(x, labels[:3], {})
     whole = x_all.grad.sum(1).numpy()
     assert np.allclose(summed, whole, atol=1e-5 * np.abs(whole).max())
     assert not np.allclose(everything, whole)
@@ -187,3 +187,34 @@ def test_training_views_name_only_the_concepts_a_crop_shows():
     assert row["shape"] not in visible_concepts((12, 12, 20, 20), mask, **truth)
     views, concepts = TrainingViews(table).draw(np.arange(40), np.random.default_rng(0))
     assert views.shape == (40, 32, 32, 3) and all(concepts)
+
+
+def test_stopping_the_backward_pass_at_the_first_analysed_layer_leaves_layer_relevances_unchanged(tiny_world):
+    _, images, labels, model = tiny_world
+    x = to_tensor(images[:16])
+    grads = {}
+    recorder = ComponentRecorder(model, ["block2", "block3"], num_classes=4)
+    for to_input in (False, True):
+        kept = {}
+
+        def keep(name, kept=kept):
+            return lambda output: (output.retain_grad(), kept.setdefault(name, output))
+
+        recorder._relevance_pass(x, labels[:16], {n: keep(n) for n in ("block2", "block3")}, input_relevance=to_input)
+        grads[to_input] = {n: t.grad.clone() for n, t in kept.items()}
+    recorder.close()
+    for name in ("block2", "block3"):
+        assert torch.allclose(grads[False][name], grads[True][name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_recorder_leaves_the_model_as_it_found_it_once_closed(tiny_world):
+    _, images, _, model = tiny_world
+    x = to_tensor(images[:8])
+    with torch.no_grad():
+        before = model(x)
+    with ComponentRecorder(model, ["block2"], num_classes=4):
+        with pytest.raises(RuntimeError, match="already has a ComponentRecorder"):
+            ComponentRecorder(model, ["block3"], num_classes=4)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert all(p.requires_grad for p in model.parameters())

@@ -84,12 +84,36 @@ class ComponentRecorder:
         if target not in ("predicted", "label"):
             raise ValueError("target must be 'predicted' or 'label'")
         self.model = model.eval()
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
+        for parameter in self._trainable:  # only relevances are wanted: no weight gradients to compute
+            parameter.requires_grad_(False)
         self.layers = resolve_layers(model, layers)
         self.num_classes = num_classes
         self.k = k
-        self.composite_name = composite
         self.target = target
         self.stats: ComponentStats | None = None
+        # registered once for the recorder's life (per batch it cost ~10 % of stage 1); `close()` undoes it
+        if getattr(model, "_lakelens_recorder", None) is not None:
+            raise RuntimeError("this model already has a ComponentRecorder; close() it first")
+        self.composite = make_composite(composite)
+        if self.composite is not None:
+            self.composite.register(self.model)
+        model._lakelens_recorder = self
+
+    def close(self) -> None:
+        """Restores the model: removes the composite's rules and undoes its canonizers."""
+        if getattr(self.model, "_lakelens_recorder", None) is self:
+            if self.composite is not None:
+                self.composite.remove()
+            for parameter in self._trainable:
+                parameter.requires_grad_(True)
+            self.model._lakelens_recorder = None
+
+    def __enter__(self) -> "ComponentRecorder":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def _empty(self, widths: dict[str, int]) -> ComponentStats:
         return ComponentStats(
@@ -145,32 +169,33 @@ class ComponentRecorder:
             mask[torch.arange(len(channels)), channels.to(output.device)] = 1
             output.register_hook(lambda grad: grad * mask)
 
-        _, _, x = self._relevance_pass(images, labels, {layer: only_the_channel})
+        _, _, x = self._relevance_pass(images, labels, {layer: only_the_channel}, input_relevance=True)
         return x.grad.detach().sum(1).cpu().double().numpy()
 
     def _relevance_pass(self, images: torch.Tensor, labels: np.ndarray | None,
-                        on_output: dict[str, Callable[[torch.Tensor], None]]
+                        on_output: dict[str, Callable[[torch.Tensor], None]], input_relevance: bool = False
                         ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """One forward and one modified backward from the target logits; `on_output[name]` sees
-        each named layer's output during the forward. Returns logits, targets and the input."""
+        each named layer's output during the forward. Returns logits, targets and the input, whose
+        `.grad` holds the input relevance when `input_relevance`."""
         def hook_for(name):
             def hook(_module, _inputs, output):
-                on_output[name](output[0] if isinstance(output, tuple) else output)
+                tensor = output[0] if isinstance(output, tuple) else output
+                if not tensor.requires_grad:
+                    # nothing below needs relevance (the input does not ask for it): the backward
+                    # pass stops at the first hooked layer
+                    tensor = tensor.detach().requires_grad_(True)
+                    output = (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+                on_output[name](tensor)
+                return output
             return hook
 
         handles = [self.layers[name].register_forward_hook(hook_for(name)) for name in on_output]
-        composite = make_composite(self.composite_name)
         try:
-            x = images.clone().requires_grad_(True)
-            if composite is None:
-                logits = self.model(x)
-                target = self._targets(logits, labels)
-                logits.backward(gradient=self._start(logits, target))
-            else:
-                with composite.context(self.model) as modified:
-                    logits = modified(x)
-                    target = self._targets(logits, labels)
-                    logits.backward(gradient=self._start(logits, target))
+            x = images.clone().requires_grad_(input_relevance)
+            logits = self.model(x)
+            target = self._targets(logits, labels)
+            logits.backward(gradient=self._start(logits, target))
         finally:
             for handle in handles:
                 handle.remove()
