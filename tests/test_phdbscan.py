@@ -16,6 +16,7 @@ from lakelens.operators.hdbscan.mst import (
     connect_components,
     core_distances,
     knn_edges,
+    knn_spanning_forest,
     minimum_spanning_forest,
 )
 from lakelens.operators.hdbscan.tree import condense_tree, select_clusters, single_linkage
@@ -84,17 +85,40 @@ def _canonical(tree: np.ndarray, n: int) -> list[tuple]:
                   for r in tree if int(r["parent"]) >= root)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_condensed_tree_matches_hdbscan_exactly_on_small_cases(seed):
+def _small_case(seed):
     X, _ = make_blobs(n_samples=300, centers=3, cluster_std=[0.5, 1.0, 1.5], random_state=seed)
+    # the operator computes on float32 rows; hdbscan gets the same values
+    X = X.astype(np.float32).astype(np.float64)
     reference = hdbscan.HDBSCAN(min_cluster_size=10, approx_min_span_tree=False).fit(X)
-    ours = PHDBSCAN(min_cluster_size=10, knn_k=len(X)).fit(X)
+    return X, reference, PHDBSCAN(min_cluster_size=10, knn_k=len(X)).fit(X)
+
+
+# Equal mutual-reachability weights (a point whose core distance sets several edges) make the
+# spanning tree non-unique; the order in which equal merges are taken can then move a point across
+# a split, so exact equality is asked of cases whose splits no tie decides (seeds 2, 4 and 8 of
+# this generator have such ties and are covered by the next test).
+@pytest.mark.parametrize("seed", [1, 3, 5, 6, 7])
+def test_condensed_tree_matches_hdbscan_exactly_on_small_cases(seed):
+    X, reference, ours = _small_case(seed)
     # identical up to how clusters are numbered (which depends on left/right order in the linkage)
     got = _canonical(ours.condensed_tree_, len(X))
     expected = _canonical(reference.condensed_tree_._raw_tree, len(X))
     assert [row[:3] for row in got] == [row[:3] for row in expected]
     np.testing.assert_allclose([row[3] for row in got], [row[3] for row in expected], rtol=1e-5)
     assert adjusted_rand_score(reference.labels_, ours.labels_) == 1.0
+
+
+@pytest.mark.parametrize("seed", [2, 4, 8])
+def test_with_tied_weights_the_hierarchy_matches_hdbscan_up_to_the_order_of_equal_merges(seed):
+    X, reference, ours = _small_case(seed)
+    heights = np.sort(reference.single_linkage_tree_.to_numpy()[:, 2])
+    assert (np.diff(heights) == 0).any()  # the case has ties
+    assert np.array_equal(np.sort(ours.single_linkage_tree_[:, 2]), heights)  # the same merge heights
+    ref_tree, our_tree = reference.condensed_tree_._raw_tree, ours.condensed_tree_
+    splits = lambda t: np.sort(t[t["child"] >= len(X)]["lambda_val"])  # noqa: E731
+    np.testing.assert_allclose(splits(our_tree), splits(ref_tree), rtol=1e-9)
+    assert ours.labels_.max() == reference.labels_.max()
+    assert adjusted_rand_score(reference.labels_, ours.labels_) >= 0.99
 
 
 def test_selection_options_match_hdbscan():
@@ -132,6 +156,25 @@ def test_same_input_gives_same_labels_including_ties():
     second = PHDBSCAN(min_cluster_size=15).fit(X.copy())
     assert np.array_equal(first.labels_, second.labels_)
     assert np.array_equal(first.condensed_tree_, second.condensed_tree_)
+
+
+@pytest.mark.parametrize("make", [_heavy_duplicates, _moons, _blobs_with_noise])
+def test_boruvka_over_the_knn_rows_gives_the_forest_kruskal_gives_over_the_sorted_edge_list(make):
+    X = make()[0] if isinstance(make(), tuple) else make()
+    X = np.asarray(X, dtype=np.float32)
+    graph = knn_graph(X, 8)
+    core = core_distances(graph, 5)
+    expected = minimum_spanning_forest(len(X), *knn_edges(graph, core))
+    got = knn_spanning_forest(graph, core)
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
+    # one shard's rows (global ids) give that shard's forest the same way
+    rows = np.arange(100, 400)
+    shard = type(graph)(graph.distances[rows], graph.indices[rows])
+    expected = minimum_spanning_forest(len(X), *knn_edges(shard, core, rows=rows))
+    got = knn_spanning_forest(shard, core, rows=rows)
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
 
 
 def test_a_disconnected_knn_graph_is_joined_by_the_exact_lightest_mutual_reachability_edges():

@@ -16,8 +16,7 @@ from lakelens.operators.hdbscan.mst import (
     JoinReport,
     connect_components,
     core_distances,
-    knn_edges,
-    minimum_spanning_forest,
+    knn_spanning_forest,
 )
 from lakelens.operators.hdbscan.tree import (
     CONDENSED_DTYPE,
@@ -139,7 +138,7 @@ def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph
     timings["knn"] = time.perf_counter() - started
     started = time.perf_counter()
     core = core_distances(graph, samples)
-    a, b, w = minimum_spanning_forest(n, *knn_edges(graph, core), presorted=True)
+    a, b, w = knn_spanning_forest(graph, core)
     joins = JoinReport()
     if a.size < n - 1:
         a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,

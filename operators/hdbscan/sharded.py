@@ -21,7 +21,7 @@ from lakelens.operators.hdbscan.mst import (
     JoinReport,
     connect_components,
     core_distances,
-    knn_edges,
+    knn_spanning_forest,
     minimum_spanning_forest,
 )
 
@@ -40,7 +40,7 @@ class ShardIndex:
 
     def spanning_forest(self, graph_rows: KnnGraph, core: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
         rows = np.arange(self.offset, self.offset + graph_rows.indices.shape[0])
-        return minimum_spanning_forest(n, *knn_edges(graph_rows, core, rows=rows), presorted=True)
+        return knn_spanning_forest(graph_rows, core, rows=rows)
 
 
 def fit_sharded(data: np.ndarray, params: HDBSCANParams, num_shards: int, graph: KnnGraph | None = None,
