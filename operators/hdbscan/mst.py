@@ -241,7 +241,10 @@ class CoarseCells:
         _, cell = kmeans.index.search(data, 1)
         cell = cell[:, 0]
         centroids = kmeans.centroids.astype(np.float64)
-        to_centroid = np.linalg.norm(data.astype(np.float64) - centroids[cell], axis=1)
+        to_centroid = np.empty(n, dtype=np.float64)
+        for lo in range(0, n, 1 << 18):  # in chunks: a float64 copy of all rows is 3.8 GB at 10M x 48
+            hi = min(n, lo + (1 << 18))
+            to_centroid[lo:hi] = np.linalg.norm(data[lo:hi].astype(np.float64) - centroids[cell[lo:hi]], axis=1)
         return cls(centroids, cell, to_centroid)
 
 
