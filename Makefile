@@ -61,7 +61,7 @@ demo: setup
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT partition, cluster_key, size, lineage_status, latest_verdict, latest_reviewer FROM flagged_clusters"
 	@if [ "$(LENS)" = "1" ]; then \
 	  echo "--- semantic lens on the synthetic image world (skip with LENS=0)"; \
-	  $(BIN)/lakelens generate-images --out $(DEMO_LAKE) --n 2000 && \
+	  $(BIN)/lakelens generate-images --out $(DEMO_LAKE) --n 1600 --seed 5 && \
 	  $(BIN)/lakelens run semantic-lens --lake $(DEMO_LAKE) --dataset images --config $(DEMO_LAKE)/lens-world.toml && \
 	  $(BIN)/lakelens search "striped" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
 	  $(BIN)/lakelens search "red" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \

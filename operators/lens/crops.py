@@ -42,7 +42,7 @@ def relevant_box(heatmap: np.ndarray, threshold: float = 0.3, min_side: float = 
 def crop_resized(image_uint8: np.ndarray, box: Box, size: int) -> np.ndarray:
     """The box of an (h, w, 3) uint8 image, resized to (size, size, 3) uint8 (bicubic, antialiased)."""
     y0, x0, y1, x1 = box
-    patch = torch.as_tensor(np.ascontiguousarray(image_uint8[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
+    patch = torch.from_numpy(np.array(image_uint8[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()  # a writable copy
     if patch.shape[-2:] != (size, size):
         patch = torch.nn.functional.interpolate(patch, size=(size, size), mode="bicubic", align_corners=False,
                                                 antialias=True)
