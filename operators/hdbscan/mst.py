@@ -89,18 +89,26 @@ def _find(parent: np.ndarray, x: int) -> int:
 
 
 @njit(cache=True)
+def _union(parent: np.ndarray, a: int, b: int) -> bool:
+    """Joins the sets of a and b (the smaller root wins, for a deterministic forest); False if already one."""
+    ra = _find(parent, a)
+    rb = _find(parent, b)
+    if ra == rb:
+        return False
+    if ra < rb:
+        parent[rb] = ra
+    else:
+        parent[ra] = rb
+    return True
+
+
+@njit(cache=True)
 def _kruskal(n: int, a: np.ndarray, b: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """Indices of the edges (already in edge order) that join two components; updates `parent`."""
     chosen = np.empty(a.size, dtype=np.int64)
     count = 0
     for e in range(a.size):
-        ra = _find(parent, a[e])
-        rb = _find(parent, b[e])
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
+        if _union(parent, a[e], b[e]):
             chosen[count] = e
             count += 1
             if count == n - 1:
@@ -185,13 +193,7 @@ def _boruvka(sources: np.ndarray, indices: np.ndarray, distances: np.ndarray, co
         for c in range(n):
             if best_lo[c] < 0:
                 continue
-            ra = _find(parent, best_lo[c])
-            rb = _find(parent, best_hi[c])
-            if ra != rb:
-                if ra < rb:
-                    parent[rb] = ra
-                else:
-                    parent[ra] = rb
+            if _union(parent, best_lo[c], best_hi[c]):
                 out_a[count], out_b[count], out_w[count] = best_lo[c], best_hi[c], best_w[c]
                 count += 1
                 added += 1
