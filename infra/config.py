@@ -140,6 +140,9 @@ class LensConfig:
     crop_examples: bool = True
     crop_threshold: float = 0.3  # the region: smoothed relevance above this share of its peak
     crop_min_side: float = 0.25  # the smallest crop, as a share of the image side
+    # the crop's side over the region's: a part of an object is named by the foundation model only
+    # with some of the object around it
+    crop_context: float = 1.5
     composite: str = "epsilon-plus-flat"
     target: str = "predicted"  # relevance of the predicted class, or of the label where known ("label")
     batch_size: int = 128

@@ -183,7 +183,7 @@ class ExampleCropper:
                 with torch.enable_grad():
                     heatmaps = self.recorder.channel_heatmaps(x, layer, np.array([p[2] for p in mine]), labels[rows_of])
                 for (i, _, unit), heatmap in zip(mine, heatmaps):
-                    box = relevant_box(heatmap, cfg.crop_threshold, cfg.crop_min_side)
+                    box = relevant_box(heatmap, cfg.crop_threshold, cfg.crop_min_side, cfg.crop_context)
                     crop = crop_resized(images[i], box, images[i].shape[0])
                     rows.append({"sample_id": ids[i], "image": encode_png(crop), "layer": layer, "unit": unit,
                                  "crop_box": list(box)})

@@ -170,6 +170,8 @@ def test_the_relevant_box_frames_the_compact_peak_and_keeps_a_minimum_square_ins
     heatmap[1:5, 1:5] = 0.0
     assert relevant_box(heatmap) == (11, 9, 29, 27)  # the spread region, framed as a square
     assert relevant_box(-np.ones((32, 32))) == (0, 0, 32, 32)  # nothing positive: the whole image
+    assert relevant_box(heatmap, context=1.5) == (5, 4, 32, 31)  # grown 1.5x around the region, moved inside
+    assert relevant_box(heatmap, context=3.0) == (0, 0, 32, 32)  # never larger than the image
     image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
     assert crop_resized(image, (0, 0, 8, 8), 32).shape == (32, 32, 3)
     assert (crop_resized(image, (0, 0, 32, 32), 32) == image).all()

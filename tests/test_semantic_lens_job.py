@@ -44,7 +44,7 @@ def _concept_column(concept: str) -> str:
     return "shape" if concept in SHAPES else "colour" if concept in COLOURS else "texture"
 
 
-@pytest.mark.parametrize("concept", ["red", "blue", "striped", "dotted", "circle", "cross"])
+@pytest.mark.parametrize("concept", ["red", "blue", "striped", "dotted", "circle", "cross", "triangle", "square"])
 def test_search_finds_components_whose_examples_show_the_planted_concept(lens_lake, concept):
     lake, _ = lens_lake
     found = search_components(lake, concept, MODEL, top=3).to_pylist()
@@ -85,6 +85,18 @@ def test_the_audit_flags_the_spurious_marker(lens_lake):
     spurious = audits[("triangle", "spurious")]
     assert spurious["flagged"] and spurious["components"], spurious
     assert "corner marker" in spurious["finding"]
+
+
+def test_the_audit_finds_most_of_the_class_relevance_on_components_encoding_its_shape(lens_lake):
+    lake, _ = lens_lake
+    con = open_catalog(lake)
+    expected, spurious = (con.execute("SELECT relevance_share, components FROM audits WHERE model_id = ? AND kind = ?",
+                                      [MODEL, kind]).fetchone() for kind in ("expected", "spurious"))
+    assert expected[0] >= 0.4 and expected[0] > spurious[0], (expected, spurious)
+    for name in expected[1]:
+        layer, unit = name.split(":")
+        shapes = _examples_with(lake, layer, int(unit), "shape")
+        assert shapes.count("triangle") >= 0.8 * len(shapes), (name, shapes)
 
 
 def test_marker_components_are_found_through_crops_of_the_marker_corner(lens_lake):

@@ -14,12 +14,14 @@ from scipy import ndimage
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
 
 
-def relevant_box(heatmap: np.ndarray, threshold: float = 0.3, min_side: float = 0.25) -> Box:
+def relevant_box(heatmap: np.ndarray, threshold: float = 0.3, min_side: float = 0.25, context: float = 1.0
+                 ) -> Box:
     """The square around the most relevant region of a (height, width) heatmap.
 
     Positive relevance is smoothed, the pixels above `threshold` x its maximum that connect to the
-    maximum form the region, and the box is that region's bounding square (at least `min_side` of
-    the image's shorter side), kept inside the image. No positive relevance: the whole image.
+    maximum form the region, and the box is that region's bounding square grown `context` times
+    around its centre (at least `min_side` of the image's shorter side), kept inside the image.
+    No positive relevance: the whole image.
     """
     height, width = heatmap.shape
     positive = np.maximum(np.asarray(heatmap, dtype=np.float64), 0)
@@ -31,7 +33,8 @@ def relevant_box(heatmap: np.ndarray, threshold: float = 0.3, min_side: float = 
     regions, _ = ndimage.label(smooth >= threshold * peak)
     at_peak = regions[np.unravel_index(int(np.argmax(smooth)), smooth.shape)]
     rows, cols = np.nonzero(regions == at_peak)
-    side = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1, int(round(min_side * min(height, width))))
+    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    side = max(int(round(extent * context)), int(round(min_side * min(height, width))))
     side = min(side, height, width)
     centre_y, centre_x = (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
     y0 = int(np.clip(round(centre_y - side / 2), 0, height - side))
