@@ -64,7 +64,7 @@ demo: setup
 	  $(BIN)/lakelens generate-images --out $(DEMO_LAKE) --n 1600 --seed 5 && \
 	  $(BIN)/lakelens run semantic-lens --lake $(DEMO_LAKE) --dataset images --config $(DEMO_LAKE)/lens-world.toml && \
 	  $(BIN)/lakelens search "striped" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
-	  $(BIN)/lakelens search "red" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
+	  $(BIN)/lakelens search "triangle" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 5 && \
 	  $(BIN)/lakelens search "corner marker" --lake $(DEMO_LAKE) --model tiny-cnn-world --top 3 && \
 	  $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT class_name, kind, concepts, round(relevance_share, 3) AS relevance_share, flagged, finding FROM audits" && \
 	  $(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT layer, label, count(*) AS components, round(avg(clarity), 2) AS clarity FROM components GROUP BY ALL ORDER BY 1, 3 DESC LIMIT 12"; \
