@@ -30,6 +30,9 @@ def core_distances(graph: KnnGraph, min_samples: int) -> np.ndarray:
 def knn_edges(graph: KnnGraph, core: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Undirected mutual-reachability edges (a < b) of the kNN graph, deduplicated, in edge order.
 
+    The explicit edge set that `knn_spanning_forest` walks implicitly; Kruskal over it is the
+    reference the Borůvka forest is tested against.
+
     `rows` gives the global point ids of the graph's rows, as one shard does; a row's edges are
     dropped when the other end lists it too and owns the edge (smaller id), so shards agree.
     """
@@ -116,12 +119,10 @@ def _kruskal(n: int, a: np.ndarray, b: np.ndarray, parent: np.ndarray) -> np.nda
     return chosen[:count]
 
 
-def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray,
-                            presorted: bool = False) -> tuple[np.ndarray, ...]:
+def minimum_spanning_forest(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """Kruskal in edge order; returns the forest's edges (still in edge order)."""
-    if not presorted:
-        order = edge_order(np.minimum(a, b), np.maximum(a, b), w, n)
-        a, b, w = a[order], b[order], w[order]
+    order = edge_order(np.minimum(a, b), np.maximum(a, b), w, n)
+    a, b, w = a[order], b[order], w[order]
     chosen = _kruskal(n, a.astype(np.int64), b.astype(np.int64), np.arange(n, dtype=np.int64))
     return a[chosen], b[chosen], w[chosen]
 
