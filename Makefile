@@ -20,7 +20,7 @@ DEMO_NEXT_DATE ?= 2026-01-04
 DEMO_EPOCHS ?= 30
 LENS ?= 1
 
-.PHONY: setup browser demo test bench clean-demo
+.PHONY: setup browser demo test test-fast bench clean-demo
 
 $(VENV)/.deps-installed:
 	$(PYTHON) -m venv $(VENV)
@@ -71,8 +71,13 @@ demo: setup
 	fi
 	@echo "explore: $(BIN)/lakelens sql --lake $(DEMO_LAKE)   (views: flagged_clusters, cluster_members, rules, cluster_history, cluster_reviews, apply_rule('<rule_id>'), clusters, txn_clusters, cluster_rules, sequences, runs, quarantine; see README)"
 
+# the whole suite (what CI runs): real S3, real Ray jobs on generated worlds, headless chromium
 test: setup browser
 	$(BIN)/python -m pytest -q
+
+# the inner loop: operators, storage, config, catalog and CLI parsing; no Ray jobs (a few minutes)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/generate_speed.py

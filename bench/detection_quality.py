@@ -21,8 +21,8 @@ from lakelens.infra.config import EncoderConfig, LakelensConfig, RayConfig
 from lakelens.infra.storage import Lake
 from lakelens.pipelines.behavior_clusters import run_behavior_clusters
 from lakelens.pipelines.build_sequences import run_build_sequences
-from lakelens.pipelines.generate import generate_world
-from lakelens.pipelines.synthetic_truth import measure_detection
+from lakelens.synthetic.generate import generate_world
+from lakelens.synthetic.truth import measure_detection
 from lakelens.pipelines.train_encoder import run_train_encoder
 
 START = date(2026, 1, 1)

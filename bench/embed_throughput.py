@@ -19,11 +19,13 @@ from _common import PeakRSS, machine, stamp
 from lakelens.infra.catalog import open_catalog
 from lakelens.infra.config import EncoderConfig, LakelensConfig, RayConfig
 from lakelens.infra.storage import Lake
+from lakelens.infra.model_store import ModelStore
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.operators.encoder.embedder import SequenceEmbedder
 from lakelens.pipelines.build_sequences import run_build_sequences
 from lakelens.pipelines.embed import run_embed
-from lakelens.pipelines.synthetic_truth import measure_encoder_quality
-from lakelens.pipelines.generate import generate_world
+from lakelens.synthetic.truth import measure_encoder_quality
+from lakelens.synthetic.generate import generate_world
 from lakelens.pipelines.train_encoder import run_train_encoder
 
 START = date(2026, 1, 1)
@@ -82,7 +84,8 @@ def main() -> None:
     # the operator alone, in this process: the ceiling the pipeline can approach
     con = open_catalog(lake)
     sample = con.execute(f"SELECT * FROM sequences WHERE dt = '{days[-1]}' LIMIT 40000").to_arrow_table()
-    embedder = SequenceEmbedder(lake, config.encoder.model_name, card["version"], max_len=config.encoder.max_len)
+    model = ModelStore(lake).load(config.encoder.model_name, card["version"], LoadedEncoder)
+    embedder = SequenceEmbedder(model, max_len=config.encoder.max_len)
     embedder(sample.slice(0, 512))
     began = time.perf_counter()
     for lo in range(0, sample.num_rows, config.embed.batch_size):

@@ -11,7 +11,7 @@ from pathlib import Path
 from _common import PeakRSS, machine, stamp
 
 from lakelens.infra.storage import Lake
-from lakelens.pipelines.generate import generate_world
+from lakelens.synthetic.generate import generate_world
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from lakelens.infra.storage import Lake
 from lakelens.operators.lens.components import ComponentRecorder
 from lakelens.operators.lens.compat import import_torchvision
 from lakelens.operators.lens.foundation import load_foundation
-from lakelens.operators.lens.image_world import decode_image
+from lakelens.operators.lens.codec import decode_image
 from lakelens.operators.lens.models import create_model, to_tensor
-from lakelens.pipelines.lens_world import generate_lens_world, lens_config_for_world
+from lakelens.synthetic.lens_world import generate_lens_world, lens_config_for_world
 from lakelens.pipelines.semantic_lens import run_semantic_lens
 
 

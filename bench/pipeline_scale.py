@@ -22,7 +22,7 @@ from _common import PeakRSS, machine, stamp
 
 from lakelens.infra.runs import latest_per_partition, published_manifests
 from lakelens.infra.storage import Lake
-from lakelens.pipelines.synthetic_truth import measure_detection
+from lakelens.synthetic.truth import measure_detection
 
 START = date(2026, 1, 1)
 LAKELENS = [str(Path(sys.executable).parent / "lakelens")]

@@ -17,7 +17,7 @@ from _common import PeakRSS, machine, stamp
 from lakelens.infra.config import LakelensConfig, RayConfig
 from lakelens.infra.storage import Lake
 from lakelens.pipelines.build_sequences import run_build_sequences
-from lakelens.pipelines.generate import generate_world
+from lakelens.synthetic.generate import generate_world
 
 
 def main() -> None:

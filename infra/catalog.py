@@ -5,25 +5,35 @@
 - `<table>_all_runs`: every published run (the last attempt of each run id), carrying run_id.
 - `runs`: one row per published run; `quarantine`: rejected rows of the visible runs.
 - `cluster_reviews`: reviewers' verdicts (append-only, see infra/reviews.py).
+- analyst views and macros over behaviour clusters: `flagged_clusters`, `cluster_members`, `rules`,
+  `cluster_history`, `latest_reviews`, `rule_matches`, `apply_rule(rule_id)`.
+
+`export_catalog` persists all of it into one DuckDB file analysts open without lakelens;
+`rank_components` and `measure_rules` are the jobs' own queries over the lake.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 import warnings
+from pathlib import Path
 from typing import Any
 
 import duckdb
-
+import numpy as np
 import pyarrow as pa
 
-from lakelens.infra.runs import latest_per_partition, latest_per_run_id, published_manifests
-from lakelens.infra.storage import Lake
+from lakelens.infra.contracts import REVIEWS_DIR, REVIEWS_SCHEMA
+from lakelens.infra.manifests import read_commit_manifests
+from lakelens.infra.runs import latest_per_partition, latest_per_run_id
+from lakelens.infra.storage import Lake, sql_literal
 
 INPUT_TABLES = ("events", "transactions")
 
 
-def open_catalog(lake: Lake, database: str = ":memory:"):
+def open_catalog(lake: Lake, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the catalog's views defined."""
     con = lake.duckdb_connect(database)
     for table in INPUT_TABLES:
@@ -31,13 +41,13 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
             try:
                 con.execute(
                     f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
-                    f"{_sql_str(lake.uri(table) + '/**/*.parquet')}, hive_partitioning = true, union_by_name = true)"
+                    f"{sql_literal(lake.uri(table) + '/**/*.parquet')}, hive_partitioning = true, union_by_name = true)"
                 )
             except duckdb.Error as exc:
                 # one broken raw file must not take the result tables down with it
                 warnings.warn(f"view {table!r} not created: {exc}", stacklevel=2)
 
-    manifests = published_manifests(lake)
+    manifests = read_commit_manifests(lake, con=con)
     visible = latest_per_partition(manifests)
     every_run = latest_per_run_id(manifests)
     _create_runs_table(con, every_run, visible)
@@ -55,11 +65,9 @@ def open_catalog(lake: Lake, database: str = ":memory:"):
 
 
 def _create_reviews_view(con, lake: Lake) -> None:
-    from lakelens.infra.reviews import REVIEWS_DIR, REVIEWS_SCHEMA
-
     if lake.list_files(REVIEWS_DIR, suffix=".parquet"):
         con.execute(f"CREATE OR REPLACE VIEW cluster_reviews AS SELECT * EXCLUDE (dt) FROM read_parquet("
-                    f"{_sql_str(lake.uri(REVIEWS_DIR) + '/**/*.parquet')}, hive_partitioning = true)")
+                    f"{sql_literal(lake.uri(REVIEWS_DIR) + '/**/*.parquet')}, hive_partitioning = true)")
     elif "behavior-clusters" in lake.list_dirs("runs"):
         # an empty table keeps the analyst views' shape the same before the first verdict
         con.register("_no_reviews", REVIEWS_SCHEMA.empty_table())
@@ -96,7 +104,7 @@ def _create_analyst_views(con) -> None:
         # DuckDB cannot evaluate SQL held in a column, so each rule becomes one branch of a view;
         # branches whose constant rule_id differs from the argument are pruned by the planner
         branches = " UNION ALL ".join(
-            f"SELECT {_sql_str(rule_id)} AS matched_rule, t.* FROM transactions t WHERE ({predicate})"
+            f"SELECT {sql_literal(rule_id)} AS matched_rule, t.* FROM transactions t WHERE ({predicate})"
             for rule_id, predicate in rules)
         con.execute(f"CREATE OR REPLACE VIEW rule_matches AS {branches}")
         con.execute("CREATE OR REPLACE MACRO apply_rule(rid) AS TABLE "
@@ -110,7 +118,7 @@ def _files_of(manifests: list[dict[str, Any]], table: str) -> list[str]:
 def _create_union_view(con, lake: Lake, name: str, rel_paths: list[str]) -> None:
     if not rel_paths:
         return
-    files = ", ".join(_sql_str(lake.uri(p)) for p in rel_paths)
+    files = ", ".join(sql_literal(lake.uri(p)) for p in rel_paths)
     con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
 
 
@@ -153,5 +161,133 @@ def _create_runs_table(con, every_run: list[dict[str, Any]], visible: list[dict[
     con.unregister("_runs_arrow")
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+
+def export_catalog(lake: Lake, out_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Persist the catalog (committed runs only) into a DuckDB file that opens with plain `duckdb.connect`.
+
+    Views keep reading the lake live (absolute paths or s3:// URIs); `runs` and an empty
+    `cluster_reviews` are stored tables. The lake's S3 secret is session-only and never written:
+    readers of an S3 lake load httpfs and create their own secret. The file is built beside the
+    target and renamed over it, so a reader sees the old export or the new one, never half of one.
+    Returns a summary: path, views, tables, macros and the number of published runs.
+    """
+    if "://" in str(out_path):
+        raise ValueError(f"export to a local file, not {out_path!r}; copy it to object storage afterwards")
+    target = Path(out_path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        con = open_catalog(lake, str(tmp))
+        try:
+            summary = _describe_catalog(con)
+            con.execute("CHECKPOINT")  # everything into the main file: no WAL to carry along
+        finally:
+            con.close()
+        # a WAL left by an earlier writer of the old file must not be replayed onto the new one
+        Path(f"{target}.wal").unlink(missing_ok=True)
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    return {"path": str(target), **summary}
+
+
+def _describe_catalog(con) -> dict[str, Any]:
+    kinds: dict[str, list[str]] = {"VIEW": [], "BASE TABLE": []}
+    for name, kind in con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                                  "WHERE table_schema = 'main' ORDER BY table_name").fetchall():
+        kinds.setdefault(kind, []).append(name)
+    macros = [r[0] for r in con.execute("SELECT DISTINCT function_name FROM duckdb_functions() WHERE NOT internal "
+                                        "AND function_type IN ('macro', 'table_macro') ORDER BY 1").fetchall()]
+    runs, visible = con.execute("SELECT count(*), count(*) FILTER (visible) FROM runs").fetchone()
+    return {"views": kinds["VIEW"], "tables": kinds["BASE TABLE"], "macros": macros, "runs": runs,
+            "visible_runs": visible}
+
+
+def rank_components(lake: Lake, model_id: str, text_vectors: np.ndarray, empty_vectors: np.ndarray,
+                    top: int) -> pa.Table:
+    """Published components of `model_id` ranked by their similarity to a text, best first.
+
+    `text_vectors[i]` embeds template i filled with the text, `empty_vectors[i]` the same template
+    left empty; similarity is the mean over templates of cos(v, text) - cos(v, empty), the measure
+    component labels use. Columns: layer, unit, label, label_score, clarity, similarity.
+    """
+    texts = np.asarray(text_vectors, dtype=np.float32)
+    empties = np.asarray(empty_vectors, dtype=np.float32)
+    if texts.ndim != 2 or texts.shape != empties.shape or not len(texts):
+        raise ValueError(f"need one text and one empty vector per template; got {texts.shape} and {empties.shape}")
+    n, dim = texts.shape
+    terms = " + ".join(f"array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) - "
+                       f"array_cosine_similarity(embedding::FLOAT[{dim}], ?::FLOAT[{dim}])" for _ in range(n))
+    vectors = [v for t, e in zip(texts, empties) for v in (t.tolist(), e.tolist())]
+    con = open_catalog(lake)
+    try:
+        if not _has_table(con, "components"):
+            raise LookupError(f"{lake.uri()} has no published semantic-lens components")
+        return con.execute(f"""
+            SELECT layer, unit, label, round(label_score, 4) AS label_score, round(clarity, 4) AS clarity,
+                   ({terms}) / {n} AS similarity
+            FROM components WHERE model_id = ? ORDER BY similarity DESC, layer, unit LIMIT ?""",
+                           [*vectors, model_id, top]).to_arrow_table()
+    finally:
+        con.close()
+
+
+def measure_rules(lake: Lake, transaction_paths: list[str], members_paths: list[str],
+                  rules: list[tuple[str, str, str]]) -> dict[str, dict[str, float]]:
+    """Precision, coverage, support, fraud rate and lift of each rule, by DuckDB running its SQL over the lake.
+
+    `transaction_paths`: the window's transaction files; `members_paths`: the run's `txn_clusters`
+    files (transaction_id, cluster_key); both lake-relative, globs allowed. `rules`: (rule_id,
+    cluster_key, sql_predicate). Over the window's transactions matched by the predicate:
+    support = matches, precision = share of matches in the rule's cluster, coverage = share of
+    the cluster matched, fraud_rate = fraud share of labelled matches, lift = fraud_rate over
+    the base rate of the window's labelled transactions.
+    """
+    if not rules:
+        return {}
+    if not transaction_paths:
+        raise ValueError("measure_rules needs the window's transaction files")
+    con = lake.duckdb_connect()
+    try:
+        con.execute(f"CREATE VIEW transactions AS SELECT * FROM read_parquet({_uri_list(lake, transaction_paths)}, "
+                    "union_by_name = true)")
+        if members_paths:
+            con.execute(f"CREATE VIEW members AS SELECT transaction_id, cluster_key FROM read_parquet("
+                        f"{_uri_list(lake, members_paths)}, union_by_name = true)")
+        else:
+            con.execute("CREATE VIEW members AS SELECT NULL::VARCHAR AS transaction_id, "
+                        "NULL::VARCHAR AS cluster_key WHERE false")
+        base = con.execute("SELECT count(*) FILTER (label = 1) / greatest(count(label), 1) FROM transactions"
+                           ).fetchone()[0]
+        sizes = dict(con.execute("SELECT cluster_key, count(*) FROM members GROUP BY cluster_key").fetchall())
+        # one scan for every rule: four filtered counts each
+        aggregates = []
+        for _, key, predicate in rules:
+            where = f"({predicate})"
+            aggregates += [f"count(*) FILTER (WHERE {where})",
+                           f"count(*) FILTER (WHERE {where} AND m.cluster_key = {sql_literal(key)})",
+                           f"count(t.label) FILTER (WHERE {where})",
+                           f"count(*) FILTER (WHERE {where} AND t.label = 1)"]
+        counts = con.execute(f"SELECT {', '.join(aggregates)} "
+                             "FROM transactions t LEFT JOIN members m USING (transaction_id)").fetchone()
+    finally:
+        con.close()
+    out: dict[str, dict[str, float]] = {}
+    for i, (rule_id, key, _) in enumerate(rules):
+        matched, in_cluster, labelled, fraud = counts[4 * i: 4 * i + 4]
+        cluster_size = sizes.get(key, 0)
+        rate = fraud / labelled if labelled else 0.0
+        out[rule_id] = {"precision": in_cluster / matched if matched else 0.0,
+                        "coverage": in_cluster / cluster_size if cluster_size else 0.0, "support": matched,
+                        "fraud_rate": rate, "lift": rate / base if base else 0.0}
+    return out
+
+
+def _uri_list(lake: Lake, rel_paths: list[str]) -> str:
+    return "[" + ", ".join(sql_literal(lake.uri(p)) for p in rel_paths) + "]"
+
+
+def _has_table(con, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+                            ).fetchone()[0])

@@ -1,16 +1,50 @@
-"""Typed job configuration: defaults in code, overridable from a TOML file and from flags."""
+"""Typed job configuration: defaults in code, overridable from a TOML file and from flags.
+
+Every section is a pydantic dataclass in strict mode: a TOML value of the wrong type, a choice
+outside its list or a number out of bounds is an error naming the file (or "flags") and the
+dotted key, never silently coerced. Assignment after construction is validated the same way.
+They stay plain dataclasses for `dataclasses.asdict`, `dataclasses.replace` and `vars`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+# strict: no "3" -> 3, no 2.7 -> 2, a string is not a list (an int is still a float);
+# inf and nan pass no bound check, so they are refused outright
+STRICT = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+# the values of ray.data.context.ShuffleStrategy (tests check they stay in step)
+ShuffleStrategy = Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", "hash_shuffle", "shuffle_v2",
+                          "gpu_shuffle"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# operators.lens.components.COMPOSITES, listed here so that reading a config needs no torch
+Composite = Literal["epsilon-plus-flat", "epsilon-plus", "gradient"]
 
 
-@dataclass
+class ConfigError(ValueError):
+    """A config file or flag that cannot be applied; `problems` holds one line per wrong key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(config=STRICT)
 class StorageConfig:
     """S3 endpoint and credentials. Unset fields fall back to the standard AWS environment."""
 
@@ -29,132 +63,145 @@ class StorageConfig:
         )
 
 
-@dataclass
+@dataclass(config=STRICT)
 class RayConfig:
     """Local Ray by default; RAY_ADDRESS (or `address`) attaches to a cluster."""
 
     address: str | None = None
-    num_cpus: int | None = None
+    num_cpus: PosInt | None = None
     show_progress: bool = True
     # Ray Data's hash shuffle starts aggregator actors per run, which costs more than the
     # shuffle itself for daily partitions on small clusters; "hash_shuffle" suits very wide ones.
-    shuffle_strategy: str = "sort_shuffle_pull_based"
+    shuffle_strategy: ShuffleStrategy = "sort_shuffle_pull_based"
     # Python log level inside Ray workers. Without the dashboard, Ray Train's placement-group
     # cleaner warns every second that it cannot query actor state; job errors still show.
-    worker_log_level: str = "ERROR"
+    worker_log_level: LogLevel = "ERROR"
 
 
-@dataclass
+@dataclass(config=STRICT)
 class SequenceConfig:
-    lookback_hours: float = 24.0
-    max_len: int = 64
+    lookback_hours: PosFloat = 24.0
+    max_len: PosInt = 64
     # hash buckets for the user shuffle; 0 picks one from the input size
-    num_buckets: int = 0
+    num_buckets: NonNegInt = 0
     # how late an event may land in the partition after its own day
-    late_arrival_days: int = 1
+    late_arrival_days: NonNegInt = 1
 
 
-@dataclass
+@dataclass(config=STRICT)
 class EncoderConfig:
     """Training and serving of the behaviour-sequence encoder (`train-encoder`, `embed`)."""
 
-    model_name: str = "behavior-encoder"
+    model_name: Annotated[str, Field(min_length=1)] = "behavior-encoder"  # a folder name in models/
     architecture: str = "bilstm-32"  # a name in operators.encoder.model.ARCHITECTURES
-    max_len: int = 64  # events per sequence the encoder reads (the latest ones)
+    max_len: PosInt = 64  # events per sequence the encoder reads (the latest ones)
     # the training sample: at most this many sequences, picked by a hash of transaction_id
-    max_train_sequences: int = 200_000
-    valid_fraction: float = 0.2  # held-out users for early stopping
-    min_event_count: int = 2  # rarer event types share the out-of-vocabulary id
-    epochs: int = 40
-    batch_size: int = 256
-    learning_rate: float = 4e-3
-    patience: int = 4
-    seed: int = 0
-    temperature: float = 1.0
-    mask_prob: float = 0.15
-    composition_weight: float = 2.0
-    num_workers: int = 2  # Ray Train data-parallel workers
+    max_train_sequences: PosInt = 200_000
+    # held-out users for early stopping; training refuses an empty split, so both ends are open
+    valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    min_event_count: PosInt = 2  # rarer event types share the out-of-vocabulary id
+    epochs: PosInt = 40
+    batch_size: Annotated[int, Field(ge=2)] = 256  # contrastive batches need negatives
+    learning_rate: PosFloat = 4e-3
+    patience: PosInt = 4
+    seed: NonNegInt = 0  # numpy's default_rng refuses negative seeds
+    temperature: PosFloat = 1.0  # divides the similarities
+    mask_prob: Share = 0.15
+    composition_weight: NonNegFloat = 2.0
+    num_workers: PosInt = 2  # Ray Train data-parallel workers
 
 
-@dataclass
+@dataclass(config=STRICT)
 class EmbedConfig:
     """Serving the encoder over a day's sequences (`embed`)."""
 
-    batch_size: int = 2048
-    actors: int = 0  # 0: one per GPU, else one per CPU left after reading
-    top_events: int = 5  # most-attended events kept per sequence
+    batch_size: PosInt = 2048
+    actors: NonNegInt = 0  # 0: one per GPU, else one per CPU left after reading
+    top_events: PosInt = 5  # most-attended events kept per sequence
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ClusterConfig:
     """The behaviour-clusters job: hybrid features, pHDBSCAN, risk flags and rules."""
 
-    window_days: int = 3
+    window_days: PosInt = 3
     expert_numeric: list[str] = field(default_factory=lambda: [
         "account_age_days", "txn_velocity_24h", "amount_to_user_avg", "amount", "hour_of_day"])
     expert_boolean: list[str] = field(default_factory=lambda: ["is_new_device", "ip_country_mismatch"])
     expert_categorical: list[str] = field(default_factory=lambda: ["payment_method"])
-    expert_weight: float = 0.25
-    embedding_weight: float = 1.0
-    min_cluster_size: int = 25
-    min_samples: int = 10
-    cluster_selection_method: str = "eom"
+    # 0 drops a feature family (the expert-only and embedding-only comparisons)
+    expert_weight: NonNegFloat = 0.25
+    embedding_weight: NonNegFloat = 1.0
+    min_cluster_size: Annotated[int, Field(ge=2)] = 25
+    min_samples: PosInt = 10
+    cluster_selection_method: Literal["eom", "leaf"] = "eom"
     # EOM may keep one dominant cluster holding most of the window, fraud rings included; no
     # cluster may hold more than this share of the window's transactions (0 disables)
-    max_cluster_share: float = 0.2
-    # flagging thresholds (see operators/risk.py)
-    min_flag_size: int = 20
-    min_labelled: int = 3
-    min_fraud_rate_lower: float = 0.25
-    min_lift: float = 3.0
-    # rules
-    max_rules: int = 3
-    max_conditions: int = 3
+    max_cluster_share: Share = 0.2
+    # flagging thresholds (see operators/risk.py); 0 lifts a threshold
+    min_flag_size: NonNegInt = 20
+    min_labelled: NonNegInt = 3
+    min_fraud_rate_lower: Share = 0.25
+    min_lift: NonNegFloat = 3.0
+    # rules (0 rules: none searched)
+    max_rules: NonNegInt = 3
+    max_conditions: PosInt = 3
     # daily runs: days after a full re-cluster during which runs assign new transactions to the
     # existing clusters and re-cluster only the noise (0: every run re-clusters the whole window)
-    full_every_days: int = 7
+    full_every_days: NonNegInt = 7
     # lineage (see operators/lineage.py)
-    lineage_min_overlap: float = 0.3
-    lineage_max_centroid_distance: float = 0.25
-    lineage_size_tolerance: float = 0.1
+    lineage_min_overlap: Share = 0.3  # a Jaccard index
+    lineage_max_centroid_distance: NonNegFloat = 0.25
+    lineage_size_tolerance: NonNegFloat = 0.1  # a relative size change, may exceed 1
 
 
-@dataclass
+@dataclass(config=STRICT)
 class LensConfig:
     """The semantic-lens job: which model, which layers, which foundation model, which concepts."""
 
     model_id: str = ""
     architecture: str = "tiny-cnn"  # a name in operators.lens.models, torchvision:<name>, timm:<name>, torchscript
     weights: str = ""  # a path in the lake, or a local path
-    num_classes: int = 0
+    num_classes: NonNegInt = 0
     class_names: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
-    image_size: int = 0  # resize images to this before the model (0: as stored)
+    image_size: NonNegInt = 0  # resize images to this before the model (0: as stored)
     foundation: str = "lakelens-tiny-clip"  # an open_clip architecture
     foundation_weights: str = ""  # a path in the lake, or a local path; never a hub download
     vocabulary: list[str] = field(default_factory=list)  # concept labels to name components with
     templates: list[str] = field(default_factory=lambda: ["a {}", "an image of a {}"])
-    top_k: int = 20
-    examples_mode: str = "relevance"  # which top-k the component embeddings come from: relevance or activation
+    top_k: PosInt = 20
+    # which top-k the component embeddings come from
+    examples_mode: Literal["activation", "relevance"] = "relevance"
     # crop each example to its channel-conditioned relevance (CRP) before embedding; else whole images
     crop_examples: bool = True
-    crop_threshold: float = 0.3  # the region: smoothed relevance above this share of its peak
-    crop_min_side: float = 0.25  # the smallest crop, as a share of the image side
+    crop_threshold: Share = 0.3  # the region: smoothed relevance above this share of its peak
+    crop_min_side: Share = 0.25  # the smallest crop, as a share of the image side
     # the crop's side over the region's: a part of an object is named by the foundation model only
     # with some of the object around it
-    crop_context: float = 1.5
-    composite: str = "epsilon-plus-flat"
-    target: str = "predicted"  # relevance of the predicted class, or of the label where known ("label")
-    batch_size: int = 128
-    actors: int = 0  # 0: one per GPU, else one per CPU
+    crop_context: Annotated[float, Field(ge=1)] = 1.5
+    composite: Composite = "epsilon-plus-flat"
+    # relevance of the predicted class, or of the label where known
+    target: Literal["predicted", "label"] = "predicted"
+    batch_size: PosInt = 128
+    actors: NonNegInt = 0  # 0: one per GPU, else one per CPU
     # audits: per class name, the concepts the model should rely on and the ones it must not
     expected: dict[str, list[str]] = field(default_factory=dict)
     spurious: dict[str, list[str]] = field(default_factory=dict)
-    min_alignment: float = 0.02  # a component counts for a concept above this alignment
-    max_spurious_share: float = 0.15  # an audit flags a class whose relevance goes this much to spurious concepts
+    # a component counts for a concept above this alignment, a difference of two cosines
+    min_alignment: Annotated[float, Field(ge=-2, le=2)] = 0.02
+    max_spurious_share: Share = 0.15  # an audit flags a class whose relevance goes this much to spurious concepts
 
 
-@dataclass
+@dataclass(config=STRICT)
+class CatalogConfig:
+    """The lake's DuckDB catalog outside `lakelens sql`."""
+
+    # a local DuckDB file path that jobs refresh with the catalog after every publish (empty: off)
+    export: str = ""
+
+
+@dataclass(config=STRICT)
 class LakelensConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -163,48 +210,97 @@ class LakelensConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     lens: LensConfig = field(default_factory=LensConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":
-        """Defaults, then the TOML file's sections, then dotted overrides such as {"sequences.max_len": 32}."""
+        """Defaults, then the TOML file's sections, then dotted overrides such as {"sequences.max_len": 32}.
+
+        Overrides whose value is None are skipped. Raises ConfigError naming the file (or "flags")
+        and each wrong key; nothing is applied unless everything is valid.
+        """
+        sections = _section_types(cls)
+        values: dict[str, dict[str, Any]] = {name: {} for name in sections}
         config = cls()
         if path is not None:
+            source = str(path)
             with open(path, "rb") as handle:
-                _apply_nested(config, tomllib.load(handle), source=str(path))
+                try:
+                    data = tomllib.load(handle)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
+            _merge(values, data, sections, source)
+            # validated before the flags so that its errors name the file
+            config = _build(cls, values, sections, source)
+        flags: dict[str, dict[str, Any]] = {}
+        problems = []
         for dotted, value in (overrides or {}).items():
             if value is None:
                 continue
             section, _, name = dotted.partition(".")
-            _apply_nested(config, {section: {name: value}}, source="flags")
+            if section not in sections or not name:
+                problems.append(f"flags: unknown config key {dotted!r}; expected <section>.<key> with a section "
+                                f"in {sorted(sections)}")
+                continue
+            flags.setdefault(section, {})[name] = value
+        if problems:
+            raise ConfigError(problems)
+        if flags:
+            _merge(values, flags, sections, "flags")
+            config = _build(cls, values, sections, "flags")
         return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_toml(self) -> str:
+        """The config as TOML that `load` reads back equal; None values are left out (TOML has no null)."""
+        import tomli_w  # only writing TOML needs it; reading configs must not
 
-def _apply_nested(config: Any, values: dict[str, Any], source: str) -> None:
-    known = {f.name: f for f in dataclasses.fields(config)}
-    for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"{source}: unknown config key {key!r}; expected one of {sorted(known)}")
-        current = getattr(config, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{source}: section {key!r} must be a table")
-            _apply_nested(current, value, source=f"{source}:{key}")
+        return tomli_w.dumps(_without_none(self.to_dict()))
+
+
+def _section_types(cls: type) -> dict[str, type]:
+    # the annotations are strings under `from __future__ import annotations`: take the defaults' types
+    default = cls()
+    return {f.name: type(getattr(default, f.name)) for f in dataclasses.fields(cls)}
+
+
+def _merge(values: dict[str, dict[str, Any]], data: dict[str, Any], sections: dict[str, type], source: str) -> None:
+    """Checks the names in `data` (sections of keys) and lays them over `values`; all or nothing."""
+    problems = []
+    for section, body in data.items():
+        if section not in sections:
+            problems.append(f"{source}: unknown config key {section!r}; expected one of {sorted(sections)}")
+        elif not isinstance(body, dict):
+            problems.append(f"{source}: {section} = {body!r}: a section must be a table of keys ([{section}])")
         else:
-            setattr(config, key, _coerce(value, known[key].type, f"{source}:{key}"))
+            known = sorted(f.name for f in dataclasses.fields(sections[section]))
+            problems += [f"{source}: unknown config key '{section}.{key}'; expected one of {known}"
+                         for key in body if key not in known]
+    if problems:
+        raise ConfigError(problems)
+    for section, body in data.items():
+        values[section].update(body)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    text = str(annotation)
-    try:
-        if text.startswith("int"):
-            return int(value)
-        if text.startswith("float"):
-            return float(value)
-        if text.startswith("bool"):
-            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: cannot read {value!r} as {text}") from exc
-    return value
+def _build(cls: type, values: dict[str, dict[str, Any]], sections: dict[str, type], source: str) -> Any:
+    built, problems = {}, []
+    for name, section_type in sections.items():
+        try:
+            built[name] = section_type(**values[name])
+        except ValidationError as exc:
+            problems += [_describe(source, name, error) for error in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return cls(**built)
+
+
+def _describe(source: str, section: str, error: dict[str, Any]) -> str:
+    """`job.toml: clusters.min_cluster_size = 2.7: Input should be a valid integer`."""
+    key = ".".join([section, *(str(part) for part in error["loc"])])
+    return f"{source}: {key} = {error['input']!r}: {error['msg']}"
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None}

@@ -268,3 +268,12 @@ IMAGES = TableContract(
 )
 
 CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS, SEQUENCES, IMAGES)}
+
+# Reviewers' verdicts (written by infra/reviews.py, read by infra/catalog.py). They live here,
+# not in reviews.py, so the catalog can read them without importing the module that imports it.
+REVIEWS_DIR = "reviews/cluster_reviews"
+VERDICTS = ("fraud", "legit", "needs_more_info")
+REVIEWS_SCHEMA = pa.schema([
+    ("review_id", pa.string()), ("cluster_key", pa.string()), ("run_id", pa.string()), ("verdict", pa.string()),
+    ("reviewer", pa.string()), ("reviewed_at", TIMESTAMP), ("comment", pa.string()),
+])

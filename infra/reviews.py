@@ -13,14 +13,11 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from lakelens.infra.catalog import open_catalog
+from lakelens.infra.contracts import REVIEWS_DIR, REVIEWS_SCHEMA, VERDICTS
 from lakelens.infra.storage import Lake
 
-REVIEWS_DIR = "reviews/cluster_reviews"
-VERDICTS = ("fraud", "legit", "needs_more_info")
-REVIEWS_SCHEMA = pa.schema([
-    ("review_id", pa.string()), ("cluster_key", pa.string()), ("run_id", pa.string()), ("verdict", pa.string()),
-    ("reviewer", pa.string()), ("reviewed_at", pa.timestamp("us", tz="UTC")), ("comment", pa.string()),
-])
+__all__ = ["REVIEWS_DIR", "REVIEWS_SCHEMA", "VERDICTS", "Review", "record_review"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +46,6 @@ def record_review(lake: Lake, review: Review) -> dict:
 
 
 def _published_run_of(lake: Lake, cluster_key: str, run_id: str | None) -> str:
-    from lakelens.infra.catalog import open_catalog
-
     con = open_catalog(lake)
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "clusters_all_runs" not in tables:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import time
 import traceback
@@ -32,10 +33,12 @@ import pyarrow.compute as pc
 
 import lakelens
 from lakelens.infra.contracts import QUARANTINE_SCHEMA, UnreadableInputError
+from lakelens.infra.errors import InputError
+from lakelens.infra.manifests import COMMITS, read_commit_manifests
 from lakelens.infra.storage import Lake
 
-COMMITS = "_commits"
 FAILURES = "_failed"
+log = logging.getLogger("lakelens.runs")
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,25 @@ class Run:
         """Counters from inside distributed tasks; summed into the manifest at commit."""
         self.lake.write_json(f"{self.prefix}/_metrics/{stage}/{part_name}.json", values)
 
+    def write_table(self, table: str, rows: pa.Table, part: str = "part-00000") -> str:
+        """Write one Parquet part of an output table (driver-side results); returns its lake path."""
+        path = f"{self.table_dir(table)}/{part}.parquet"
+        self.lake.write_table(path, rows)
+        return path
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into the manifest; its log lines carry the stage name."""
+        from lakelens.infra.logs import log_context
+
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.perf_counter() - start, 3)
+        with log_context(stage=name):
+            log.info("%s: started", name)
+            try:
+                yield
+            finally:
+                self.timings[name] = round(time.perf_counter() - start, 3)
+                log.info("%s: done in %.1f s", name, self.timings[name], extra={"elapsed_s": self.timings[name]})
 
     def commit(self, expected_tables: dict[str, pa.Schema] | None = None) -> dict[str, Any]:
         """Describe every output, then write the manifest: the attempt's last write."""
@@ -222,6 +237,11 @@ def commit_path(job: str, partition: str, run_id: str, attempt_id: str) -> str:
     return f"runs/{job}/{COMMITS}/{partition}/{run_id}.{attempt_id}.json"
 
 
+def fingerprint_hash(value: Any, length: int = 12) -> str:
+    """A stable hex digest of JSON-able content: the one way run ids and model versions are derived."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def make_run_id(job: str, partition: str, params: dict[str, Any], inputs: list[InputFile]) -> str:
     fingerprint = {
         "job": job,
@@ -230,31 +250,12 @@ def make_run_id(job: str, partition: str, params: dict[str, Any], inputs: list[I
         "code": code_version(),
         "inputs": sorted((i.path, i.bytes, i.mtime_ns) for i in inputs),
     }
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{job}-{partition.replace('=', '')}-{digest[:12]}"
-
-
-def begin_run(
-    lake: Lake, job: str, partition: str, params: dict[str, Any], inputs: list[InputFile], force: bool = False
-) -> tuple[Run, dict[str, Any] | None]:
-    """Start an attempt. Returns the run and, when the same work is already published, its manifest."""
-    run_id = make_run_id(job, partition, params, inputs)
-    run = Run(lake=lake, job=job, partition=partition, params=params, inputs=inputs, run_id=run_id)
-    if not force:
-        existing = [m for m in published_manifests(lake, job) if m["run_id"] == run_id]
-        if existing:
-            return run, latest_attempt(existing)
-    return run, None
+    return f"{job}-{partition.replace('=', '')}-{fingerprint_hash(fingerprint)}"
 
 
 def published_manifests(lake: Lake, job: str | None = None) -> list[dict[str, Any]]:
-    """Every committed attempt, oldest first."""
-    jobs = [job] if job else lake.list_dirs("runs")
-    manifests = []
-    for name in jobs:
-        for entry in lake.list_files(f"runs/{name}/{COMMITS}", suffix=".json"):
-            manifests.append(lake.read_json(entry.path))
-    return sorted(manifests, key=_commit_order)
+    """Every committed attempt, oldest first (one DuckDB read over the commit folders)."""
+    return read_commit_manifests(lake, job)
 
 
 def latest_attempt(manifests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,15 +281,34 @@ def _commit_order(m: dict[str, Any]) -> tuple[str, str]:
     return (m["committed_at"], m["attempt_id"])
 
 
-def published_output(lake: Lake, job: str, partition: str, table: str) -> tuple[dict[str, Any], list[InputFile]]:
-    """The visible run of `job` for `partition` and its `table` files, as inputs for a downstream job."""
-    visible = [m for m in latest_per_partition(published_manifests(lake, job)) if m["partition"] == partition]
-    if not visible:
-        raise FileNotFoundError(f"no published {job} run for {partition} in {lake.uri('runs', job)}; run `lakelens run {job}` first")
-    manifest = visible[0]
+def published_run(lake: Lake, job: str, run_id: str) -> dict[str, Any] | None:
+    """The last committed attempt of `run_id`, or None when that exact work was never published."""
+    attempts = [m for m in published_manifests(lake, job) if m["run_id"] == run_id]
+    return latest_attempt(attempts) if attempts else None
+
+
+def visible_runs(lake: Lake, job: str) -> dict[str, dict[str, Any]]:
+    """The run readers see for each partition of `job`: partition -> its last committed manifest."""
+    return {m["partition"]: m for m in latest_per_partition(published_manifests(lake, job))}
+
+
+def visible_run(lake: Lake, job: str, partition: str) -> dict[str, Any] | None:
+    """The one lookup of "the published output of job X for partition P"."""
+    return visible_runs(lake, job).get(partition)
+
+
+def output_files(manifest: dict[str, Any], table: str) -> list[InputFile]:
+    """A published run's files of `table`, as inputs for a downstream job (paths name the attempt)."""
     output = manifest["outputs"].get(table)
     if output is None:
-        raise FileNotFoundError(f"published run {manifest['run_id']} of {job} has no {table} table")
-    # paths name the attempt, so a re-published partition is a different input
-    files = [InputFile(table, f["path"], f["rows"], f["bytes"], 0) for f in output["files"]]
-    return manifest, files
+        raise InputError(f"published run {manifest['run_id']} of {manifest['job']} has no {table} table")
+    return [InputFile(table, f["path"], f["rows"], f["bytes"], 0) for f in output["files"]]
+
+
+def published_output(lake: Lake, job: str, partition: str, table: str) -> tuple[dict[str, Any], list[InputFile]]:
+    """The visible run of `job` for `partition` and its `table` files."""
+    manifest = visible_run(lake, job, partition)
+    if manifest is None:
+        raise InputError(f"no published {job} run for {partition} in {lake.uri('runs', job)}; "
+                         f"run `lakelens run {job}` first")
+    return manifest, output_files(manifest, table)

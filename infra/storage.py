@@ -186,12 +186,15 @@ class Lake:
         if self.scheme == "s3":
             _load_httpfs(con)
             cfg = self.storage
-            options = ["TYPE s3", f"REGION '{cfg.region}'", "URL_STYLE 'path'"]
+            options = ["TYPE s3", f"REGION {sql_literal(cfg.region)}", "URL_STYLE 'path'"]
             if cfg.access_key_id:
-                options += [f"KEY_ID '{cfg.access_key_id}'", f"SECRET '{cfg.secret_access_key}'"]
+                options += [f"KEY_ID {sql_literal(cfg.access_key_id)}",
+                            f"SECRET {sql_literal(cfg.secret_access_key or '')}"]
             if cfg.endpoint_url:
                 endpoint = urlparse(cfg.endpoint_url)
-                options += [f"ENDPOINT '{endpoint.netloc}'", f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
+                options += [f"ENDPOINT {sql_literal(endpoint.netloc)}",
+                            f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
+            # no PERSISTENT: the secret lives in this session only, never in a database file or ~/.duckdb
             con.execute(f"CREATE OR REPLACE SECRET lake_s3 ({', '.join(options)})")
         return con
 
@@ -220,4 +223,9 @@ def _load_httpfs(con) -> None:
             f"no httpfs extension for duckdb {duckdb.__version__} under {root}; "
             "pin duckdb-extension-httpfs to the same version as duckdb"
         )
-    con.execute(f"LOAD '{candidates[0]}'")
+    con.execute(f"LOAD {sql_literal(str(candidates[0]))}")
+
+
+def sql_literal(text: str) -> str:
+    """`text` as a SQL string literal (DuckDB): the one place quotes are escaped."""
+    return "'" + str(text).replace("'", "''") + "'"

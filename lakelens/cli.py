@@ -1,327 +1,404 @@
-"""The `lakelens` command."""
+"""The `lakelens` command.
+
+Exit codes (schedulers script against them):
+    0   success, including "already published; nothing to do"
+    1   a run failed: the job raised while running; its attempt left a failure note and published nothing
+    2   bad input or config: a missing partition or model, an unreadable file, an invalid config value
+    64  usage error: an unknown command or flag, a missing or malformed argument
+    130 interrupted
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import logging
 import sys
 from datetime import date
-from typing import Sequence
+from typing import Any, Sequence
 
-from lakelens.infra.config import LakelensConfig
+from lakelens.infra.config import ConfigError, LakelensConfig
 from lakelens.infra.contracts import UnreadableInputError
+from lakelens.infra.errors import InputError, failed_run_of
 from lakelens.infra.storage import Lake
+from lakelens.job_commands import JOB_COMMANDS, JobCommand, parse_day
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 64, 130
+log = logging.getLogger("lakelens.cli")
 
 
-def _config(args: argparse.Namespace) -> LakelensConfig:
-    overrides = {
-        "sequences.lookback_hours": getattr(args, "lookback_hours", None),
-        "sequences.max_len": getattr(args, "max_len", None),
-        "ray.address": getattr(args, "ray_address", None),
-        "ray.num_cpus": getattr(args, "num_cpus", None),
-        "encoder.epochs": getattr(args, "epochs", None),
-        "clusters.window_days": getattr(args, "window_days", None),
-        "encoder.num_workers": getattr(args, "workers", None),
-        "lens.model_id": getattr(args, "model_id", None),
-        "lens.layers": _split(getattr(args, "layers", None)),
-        "lens.vocabulary": _vocabulary(getattr(args, "vocabulary", None)),
-    }
-    return LakelensConfig.load(getattr(args, "config", None), overrides)
+class UsageParser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 so that it differs from bad input (2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _split(text: str | None) -> list[str] | None:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> LakelensConfig:
+    flags = {"ray.address": getattr(args, "ray_address", None), "ray.num_cpus": getattr(args, "num_cpus", None),
+             **(overrides or {})}
+    return LakelensConfig.load(getattr(args, "config", None), flags)
 
 
-def _vocabulary(path: str | None) -> list[str] | None:
-    """One concept label per line of a file."""
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+def _lake(args: argparse.Namespace, config: LakelensConfig | None = None) -> Lake:
+    return Lake(getattr(args, "lake", None) or args.out, (config or _config(args)).storage)
 
 
-def cmd_generate_images(args: argparse.Namespace) -> int:
-    from lakelens.pipelines.lens_world import generate_lens_world, lens_config_for_world
-
-    lake = Lake(args.out, _config(args).storage)
-    summary = generate_lens_world(lake, n=args.n, seed=args.seed, clip_epochs=args.clip_epochs)
-    config_path = args.config_out or str(lake.uri("lens-world.toml"))
-    with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(_toml({"lens": lens_config_for_world()}))
-    print(f"generate-images: {summary['images']:,} images, tiny CNN (loss {summary['classifier_loss']:.3f}) and tiny "
-          f"CLIP (loss {summary['clip_loss']:.3f}) trained in {summary['seconds']} s -> {args.out}; config {config_path}")
-    return 0
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
 
 
-def _toml(sections: dict) -> str:
-    def value(v) -> str:
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + "}"
-        raise TypeError(type(v))
+# -- jobs -------------------------------------------------------------------------------------------
 
-    lines = []
-    for name, body in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {value(v)}" for k, v in body.items()]
-    return "\n".join(lines) + "\n"
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from lakelens.pipelines.semantic_lens import search_components
-
-    lake = Lake(args.lake, _config(args).storage)
-    found = search_components(lake, args.text, args.model, top=args.top)
-    print(f"components of {args.model} closest to {args.text!r}:")
-    for row in found.to_pylist():
-        print(f"  {row['layer']}:{row['unit']:<4} similarity {row['similarity']:.3f}  label {row['label']!r} "
-              f"({row['label_score']:+.3f}), clarity {row['clarity']:.2f}")
-    return 0
+def cmd_run_job(args: argparse.Namespace) -> int:
+    command: JobCommand = JOB_COMMANDS[args.job]
+    config = _config(args, command.overrides(args))
+    manifest = command.run(_lake(args, config), config, args)
+    if args.json:
+        _print_json(manifest)
+    return EXIT_OK
 
 
 def cmd_compare_models(args: argparse.Namespace) -> int:
-    from lakelens.pipelines.semantic_lens import run_compare_models
+    from lakelens.pipelines.compare_models import run_compare_models
 
-    lake = Lake(args.lake, _config(args).storage)
-    manifest = run_compare_models(lake, args.a, args.b, force=args.force)
-    table = lake.read_table(manifest["outputs"]["model_comparisons"]["files"][0]["path"]).to_pylist()
+    config = _config(args)
+    lake = _lake(args, config)
+    manifest = run_compare_models(lake, args.a, args.b, force=args.force, config=config)
+    rows = lake.read_table(manifest["outputs"]["model_comparisons"]["files"][0]["path"]).to_pylist()
+    if args.json:
+        _print_json({"manifest": manifest, "concepts": rows})
+        return EXIT_OK
     for status in ("shared", "only_a", "only_b"):
-        concepts = [r["concept"] for r in table if r["status"] == status]
+        concepts = [r["concept"] for r in rows if r["status"] == status]
         print(f"{status}: {', '.join(concepts) or '-'}")
-    return 0
+    return EXIT_OK
 
+
+# -- synthetic worlds ----------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
-    summary = generate_world(
-        Lake(args.out), users=args.users, days=args.days, seed=args.seed,
-        start=date.fromisoformat(args.start), workers=args.workers,
-    )
+    summary = generate_world(_lake(args), users=args.users, days=args.days, seed=args.seed, start=args.start,
+                             workers=args.workers)
     rows = summary["rows"]
     print(f"generate: {rows['events']:,} events, {rows['transactions']:,} transactions "
           f"({rows['fraud_transactions']:,} planted fraud) in {summary['seconds']} s -> {args.out}")
-    return 0
+    return EXIT_OK
 
 
-def _day(args: argparse.Namespace) -> date:
-    if not args.date:
-        raise ValueError(f"`lakelens run {args.job}` needs --date YYYY-MM-DD")
-    return date.fromisoformat(args.date)
+def cmd_generate_images(args: argparse.Namespace) -> int:
+    from lakelens.synthetic.lens_world import generate_lens_world, lens_config_for_world
 
+    lake = _lake(args)
+    summary = generate_lens_world(lake, n=args.n, seed=args.seed, clip_epochs=args.clip_epochs)
+    config_path = args.config_out or str(lake.uri("lens-world.toml"))
+    import tomli_w
 
-def _days(text: str | None) -> list[date]:
-    """`D1,D2,...` or an inclusive range `D1..D2`."""
-    if not text:
-        raise ValueError("`lakelens run train-encoder` needs --dates D1,D2,... or D1..D2")
-    if ".." in text:
-        first, last = (date.fromisoformat(part) for part in text.split("..", 1))
-        if last < first:
-            raise ValueError(f"--dates range {text} ends before it starts")
-        return [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
-    return [date.fromisoformat(part.strip()) for part in text.split(",") if part.strip()]
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args)
-    lake = Lake(args.lake, config.storage)
-    if args.job == "build-sequences":
-        from lakelens.pipelines.build_sequences import run_build_sequences
-
-        manifest = run_build_sequences(lake, _day(args), config, force=args.force)
-    elif args.job == "train-encoder":
-        from lakelens.pipelines.train_encoder import run_train_encoder
-
-        manifest = run_train_encoder(lake, _days(args.dates), config, force=args.force)
-    elif args.job == "embed":
-        from lakelens.pipelines.embed import run_embed
-
-        manifest = run_embed(lake, _day(args), config, model_version=args.model, force=args.force)
-    elif args.job == "semantic-lens":
-        from lakelens.pipelines.semantic_lens import run_semantic_lens
-
-        manifest = run_semantic_lens(lake, args.dataset, config, force=args.force)
-    elif args.job == "behavior-clusters":
-        from lakelens.pipelines.behavior_clusters import run_behavior_clusters
-
-        manifest = run_behavior_clusters(lake, _day(args), config, force=args.force, full=args.full)
-    else:  # argparse restricts the choices
-        raise AssertionError(args.job)
-    if args.json:
-        print(json.dumps(manifest, indent=2, default=str))
-    return 0
+    world = lens_config_for_world()
+    LakelensConfig.load(None, {f"lens.{k}": v for k, v in world.items()})  # what we write must load back
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(tomli_w.dumps({"lens": world}))
+    print(f"generate-images: {summary['images']:,} images, tiny CNN (loss {summary['classifier_loss']:.3f}) and tiny "
+          f"CLIP (loss {summary['clip_loss']:.3f}) trained in {summary['seconds']} s -> {args.out}; config {config_path}")
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Synthetic worlds only: score the visible behavior-clusters run of a day against truth/."""
-    from lakelens.infra.runs import latest_per_partition, published_manifests
-    from lakelens.pipelines.synthetic_truth import measure_detection
+    from lakelens.infra.runs import visible_run
+    from lakelens.synthetic.truth import measure_detection
 
-    lake = Lake(args.lake, _config(args).storage)
+    lake = _lake(args)
     if not lake.list_files("truth/transactions", suffix=".parquet"):
-        raise FileNotFoundError(f"{lake.uri('truth')} has no ground truth: evaluate works on generated worlds only")
-    runs = [m for m in latest_per_partition(published_manifests(lake, "behavior-clusters"))
-            if m["partition"] == f"dt={args.date}"]
-    if not runs:
-        raise FileNotFoundError(f"no published behavior-clusters run for {args.date}")
-    print("evaluate:", measure_detection(lake, runs[0]).describe())
-    return 0
+        raise InputError(f"{lake.uri('truth')} has no ground truth: evaluate works on generated worlds only")
+    run = visible_run(lake, "behavior-clusters", f"dt={args.date}")
+    if run is None:
+        raise InputError(f"no published behavior-clusters run for {args.date}")
+    detection = measure_detection(lake, run)
+    if args.json:
+        _print_json({"run_id": run["run_id"], **vars(detection)})
+    else:
+        print("evaluate:", detection.describe())
+    return EXIT_OK
 
+
+# -- reviewers and analysts ----------------------------------------------------------------------------
 
 def cmd_review(args: argparse.Namespace) -> int:
     from lakelens.infra.reviews import Review, record_review
 
-    lake = Lake(args.lake, _config(args).storage)
-    row = record_review(lake, Review(args.cluster_key, args.verdict, args.reviewer, args.comment or "", args.run))
-    print(f"review {row['review_id']}: {row['verdict']} on {row['cluster_key']} (run {row['run_id']}) by {row['reviewer']}")
-    return 0
+    row = record_review(_lake(args), Review(args.cluster_key, args.verdict, args.reviewer, args.comment or "", args.run))
+    if args.json:
+        _print_json(row)
+    else:
+        print(f"review {row['review_id']}: {row['verdict']} on {row['cluster_key']} (run {row['run_id']}) "
+              f"by {row['reviewer']}")
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lakelens.pipelines.search_components import search_components
+
+    found = search_components(_lake(args), args.text, args.model, top=args.top).to_pylist()
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    print(f"components of {args.model} closest to {args.text!r}:")
+    for row in found:
+        print(f"  {row['layer']}:{row['unit']:<4} similarity {row['similarity']:.3f}  label {row['label']!r} "
+              f"({row['label_score']:+.3f}), clarity {row['clarity']:.2f}")
+    return EXIT_OK
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
     from lakelens.infra.catalog import open_catalog
 
-    con = open_catalog(Lake(args.lake, _config(args).storage))
+    con = open_catalog(_lake(args))
+    if args.command is not None:
+        for statement in con.extract_statements(args.command):
+            _print_result(con, statement.query, args)
+        return EXIT_OK
+    views = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
+    print("lakelens sql: statements end with ';' (or at the end of input); views:", ", ".join(views))
+    for text in _statements_from(sys.stdin):
+        try:
+            for statement in con.extract_statements(text):
+                _print_result(con, statement.query, args)
+        except Exception as exc:  # noqa: BLE001 - an interactive shell reports and goes on
+            print(f"error: {exc}", file=sys.stderr)
+    return EXIT_OK
 
-    def run(statement: str) -> None:
-        if args.raw:  # for shell scripts: tab-separated rows, no header
-            for row in con.execute(statement).fetchall():
-                print("\t".join("" if v is None else str(v) for v in row))
-            return
-        result = con.sql(statement)
-        if result is not None:  # statements such as CREATE or COPY return no relation
-            result.show(max_width=200, max_rows=args.max_rows)
 
-    if args.command:
-        run(args.command)
-        return 0
-    print("lakelens sql: one statement per line; views:", ", ".join(
-        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()))
-    for line in sys.stdin:
-        if line.strip():
-            try:
-                run(line)
-            except Exception as exc:  # noqa: BLE001 - an interactive shell reports and goes on
-                print(f"error: {exc}", file=sys.stderr)
-    return 0
+def _statements_from(stream) -> Any:
+    """A terminal runs each statement when its line ends with ';'; piped input runs as a whole."""
+    if not stream.isatty():
+        text = stream.read()
+        if text.strip():
+            yield text
+        return
+    buffer = ""
+    for line in stream:
+        buffer += line
+        if buffer.rstrip().endswith(";"):
+            yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
+def _print_result(con, statement: str, args: argparse.Namespace) -> None:
+    if args.raw:  # for shell scripts: tab-separated rows, no header
+        relation = con.sql(statement)
+        for row in (relation.fetchall() if relation is not None else []):
+            print("\t".join("" if v is None else str(v) for v in row))
+        return
+    relation = con.sql(statement)
+    if relation is None:  # statements such as CREATE or COPY return no relation
+        return
+    if args.format == "table":
+        relation.show(max_width=200, max_rows=args.max_rows)
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(relation.columns)
+        writer.writerows(relation.fetchall())
+    else:
+        columns = relation.columns
+        _print_json([dict(zip(columns, row)) for row in relation.fetchall()])
+
+
+def cmd_catalog_export(args: argparse.Namespace) -> int:
+    from lakelens.infra.catalog import export_catalog
+
+    summary = export_catalog(_lake(args), args.out)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"catalog: wrote {args.out} ({summary.get('runs', 0)} published runs); "
+              f"open it with duckdb.connect({args.out!r}, read_only=True)")
+    return EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.json:
+        _print_json(config.to_dict())
+    else:
+        print(config.to_toml(), end="")
+    return EXIT_OK
+
+
+# -- the parser ----------------------------------------------------------------------------------------
+
+def _common(json_help: str | None = None) -> argparse.ArgumentParser:
+    """Flags every command takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("logging")
+    group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level (default: INFO); logs go to stderr")
+    group.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text for people, json (one object per line) for schedulers and Kubernetes")
+    if json_help:
+        parent.add_argument("--json", action="store_true", help=json_help)
+    return parent
+
+
+def _lake_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", required=True, help="lake root: a path, file:// or s3://bucket/prefix")
+    parser.add_argument("--config", help="TOML config file (see `lakelens config show`)")
+
+
+def _ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", help="attach to a Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (ray.num_cpus)")
+
+
+def _add(sub, name: str, help: str, fn, example: str = "", json_help: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help, parents=[_common(json_help)],
+                            epilog=f"example:\n  {example}" if example else None,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(fn=fn)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakelens", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = UsageParser(prog="lakelens", description="Explain behaviour and models at data-lake scale.",
+                         epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lakelens {_version()}")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=UsageParser)
 
-    gen = sub.add_parser("generate", help="write a synthetic click-stream world with planted fraud")
+    run = sub.add_parser("run", help="run a job over the lake and publish its results",
+                         description="Run a job over the lake and publish its results. "
+                                     "`lakelens run JOB --help` shows the job's own flags.")
+    jobs = run.add_subparsers(dest="job", required=True, metavar="JOB", parser_class=UsageParser)
+    for command in JOB_COMMANDS.values():
+        p = _add(jobs, command.name, command.summary, cmd_run_job, command.example,
+                 json_help="print the published manifest as JSON")
+        _lake_flags(p)
+        command.add_arguments(p)
+        p.add_argument("--force", action="store_true", help="recompute even if this exact run is published")
+        _ray_flags(p)
+
+    gen = _add(sub, "generate", "write a synthetic click-stream world with planted fraud", cmd_generate,
+               "lakelens generate --out /tmp/lake --users 4000 --days 4 --seed 7")
     gen.add_argument("--out", required=True, help="lake root: a path or s3://bucket/prefix")
-    gen.add_argument("--users", type=int, default=10_000)
-    gen.add_argument("--days", type=int, default=3)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--start", default="2026-01-01", help="first transaction day (UTC)")
+    gen.add_argument("--users", type=int, default=10_000, help="users in the world (default: 10000)")
+    gen.add_argument("--days", type=int, default=3, help="days of transactions (default: 3)")
+    gen.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical Parquet")
+    gen.add_argument("--start", type=parse_day, default=date(2026, 1, 1), help="first transaction day (UTC)")
     gen.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    gen.set_defaults(fn=cmd_generate)
 
-    run = sub.add_parser("run", help="run a job over the lake and publish its results")
-    run.add_argument("job", choices=["build-sequences", "train-encoder", "embed", "behavior-clusters", "semantic-lens"])
-    run.add_argument("--lake", required=True)
-    run.add_argument("--date", help="the day to process, YYYY-MM-DD (build-sequences, embed)")
-    run.add_argument("--dates", help="train-encoder: days whose sequences to train on, D1,D2 or D1..D2")
-    run.add_argument("--model", default="latest", help="embed: encoder version in models/<name>/ (default: latest)")
-    run.add_argument("--window-days", type=int, help="behavior-clusters: days of transactions clustered together")
-    run.add_argument("--epochs", type=int, help="train-encoder: at most this many epochs")
-    run.add_argument("--workers", type=int, help="train-encoder: Ray Train workers")
-    run.add_argument("--config", help="TOML file with [storage], [ray], [sequences], [encoder], [embed] sections")
-    run.add_argument("--lookback-hours", type=float)
-    run.add_argument("--max-len", type=int)
-    run.add_argument("--ray-address", help="attach to a Ray cluster (default: RAY_ADDRESS, else local)")
-    run.add_argument("--num-cpus", type=int, help="CPUs for a local Ray")
-    run.add_argument("--dataset", default="images", help="semantic-lens: folder of image Parquet in the lake")
-    run.add_argument("--model-id", help="semantic-lens: the model's name in the result tables")
-    run.add_argument("--layers", help="semantic-lens: layers to analyse, comma-separated")
-    run.add_argument("--vocabulary", help="semantic-lens: a file with one concept label per line")
-    run.add_argument("--force", action="store_true", help="recompute even if this exact run is published")
-    run.add_argument("--full", action="store_true",
-                     help="behavior-clusters: re-cluster the whole window instead of continuing the previous run")
-    run.add_argument("--json", action="store_true", help="print the manifest")
-    run.set_defaults(fn=cmd_run)
-
-    ev = sub.add_parser("evaluate", help="synthetic worlds: detection numbers of a day's clusters against truth/")
-    ev.add_argument("--lake", required=True)
-    ev.add_argument("--date", required=True)
-    ev.add_argument("--config")
-    ev.set_defaults(fn=cmd_evaluate)
-
-    gi = sub.add_parser("generate-images", help="synthetic image world + tiny CNN and tiny CLIP for the semantic lens")
-    gi.add_argument("--out", required=True)
-    gi.add_argument("--n", type=int, default=2000)
+    gi = _add(sub, "generate-images", "synthetic image world + tiny CNN and tiny CLIP for the semantic lens",
+              cmd_generate_images, "lakelens generate-images --out /tmp/lake --n 1600 --seed 5")
+    gi.add_argument("--out", required=True, help="lake root")
+    gi.add_argument("--n", type=int, default=2000, help="images (default: 2000)")
     gi.add_argument("--seed", type=int, default=0)
-    gi.add_argument("--clip-epochs", type=int, default=60)
+    gi.add_argument("--clip-epochs", type=int, default=60, help="tiny CLIP training epochs (default: 60)")
     gi.add_argument("--config-out", help="where to write the [lens] config for this world (default: LAKE/lens-world.toml)")
-    gi.add_argument("--config")
-    gi.set_defaults(fn=cmd_generate_images)
+    gi.add_argument("--config", help="TOML config file ([storage] for S3)")
 
-    se = sub.add_parser("search", help="components of a model whose concepts match a text")
-    se.add_argument("text")
-    se.add_argument("--lake", required=True)
+    ev = _add(sub, "evaluate", "synthetic worlds: detection numbers of a day's clusters against truth/", cmd_evaluate,
+              "lakelens evaluate --lake /tmp/lake --date 2026-01-03", json_help="print the numbers as JSON")
+    _lake_flags(ev)
+    ev.add_argument("--date", type=parse_day, required=True, help="the day of the behavior-clusters run")
+
+    se = _add(sub, "search", "components of an analysed model whose concepts match a text", cmd_search,
+              'lakelens search "striped" --lake LAKE --model tiny-cnn-world', json_help="print the rows as JSON")
+    se.add_argument("text", help="a concept in words")
+    _lake_flags(se)
     se.add_argument("--model", required=True, help="the model_id of a published semantic-lens run")
-    se.add_argument("--top", type=int, default=10)
-    se.add_argument("--config")
-    se.set_defaults(fn=cmd_search)
+    se.add_argument("--top", type=int, default=10, help="how many components (default: 10)")
 
-    cm = sub.add_parser("compare-models", help="shared and unique concepts of two analysed models")
-    cm.add_argument("--lake", required=True)
+    cm = _add(sub, "compare-models", "shared and unique concepts of two analysed models (publishes model_comparisons)",
+              cmd_compare_models, "lakelens compare-models --lake LAKE --a model-v1 --b model-v2",
+              json_help="print the manifest and the concepts as JSON")
+    _lake_flags(cm)
     cm.add_argument("--a", required=True, help="model_id of the first semantic-lens run")
     cm.add_argument("--b", required=True, help="model_id of the second")
-    cm.add_argument("--force", action="store_true")
-    cm.add_argument("--config")
-    cm.set_defaults(fn=cmd_compare_models)
+    cm.add_argument("--force", action="store_true", help="recompute even if this comparison is published")
 
-    rev = sub.add_parser("review", help="record a reviewer's verdict on a cluster (append-only)")
-    rev.add_argument("--lake", required=True)
-    rev.add_argument("--cluster-key", required=True)
+    rev = _add(sub, "review", "record a reviewer's verdict on a cluster (append-only)", cmd_review,
+               "lakelens review --lake LAKE --cluster-key ck-0609f7658b --verdict fraud --reviewer ana",
+               json_help="print the stored review as JSON")
+    _lake_flags(rev)
+    rev.add_argument("--cluster-key", required=True, help="a cluster_key from flagged_clusters")
     rev.add_argument("--verdict", required=True, help="fraud, legit or needs_more_info")
-    rev.add_argument("--reviewer", required=True)
-    rev.add_argument("--comment")
+    rev.add_argument("--reviewer", required=True, help="who decided")
+    rev.add_argument("--comment", help="why")
     rev.add_argument("--run", help="the run reviewed (default: the latest published run with this cluster)")
-    rev.add_argument("--config")
-    rev.set_defaults(fn=cmd_review)
 
-    sql = sub.add_parser("sql", help="DuckDB over the lake's catalog views")
-    sql.add_argument("--lake", required=True)
-    sql.add_argument("--config")
-    sql.add_argument("-c", "--command", help="run one query and exit")
-    sql.add_argument("--max-rows", type=int, default=40)
+    sql = _add(sub, "sql", "DuckDB over the lake's catalog views", cmd_sql,
+               'lakelens sql --lake LAKE -c "SELECT * FROM flagged_clusters; SELECT count(*) FROM runs"')
+    _lake_flags(sql)
+    sql.add_argument("-c", "--command", help="SQL to run (several statements separated by ';'); else read stdin")
+    sql.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format (default: table)")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown per result in table format")
     sql.add_argument("--raw", action="store_true", help="print rows tab-separated without a header (for scripts)")
-    sql.set_defaults(fn=cmd_sql)
+
+    catalog = sub.add_parser("catalog", help="the catalog as a file other tools open")
+    catalog_sub = catalog.add_subparsers(dest="catalog_cmd", required=True, parser_class=UsageParser)
+    export = _add(catalog_sub, "export", "write the catalog's views into a DuckDB file (committed runs only, no secrets)",
+                  cmd_catalog_export, "lakelens catalog export --lake LAKE --out lake.duckdb",
+                  json_help="print a summary as JSON")
+    _lake_flags(export)
+    export.add_argument("--out", required=True, help="the DuckDB file to write (replaced atomically)")
+
+    config = sub.add_parser("config", help="the effective configuration")
+    config_sub = config.add_subparsers(dest="config_cmd", required=True, parser_class=UsageParser)
+    show = _add(config_sub, "show", "print the effective, validated config (defaults, then the file)", cmd_config_show,
+                "lakelens config show --config job.toml", json_help="print it as JSON instead of TOML")
+    show.add_argument("--config", help="TOML config file")
     return parser
+
+
+def _version() -> str:
+    from lakelens.infra.runs import code_version
+
+    return code_version()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from lakelens.infra.logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
+    if args.log_format == "json":
+        # Ray's own INFO lines are plain text: keep a JSON log parseable line by line
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    sys.exit(_exit_code(args))
+
+
+def _exit_code(args: argparse.Namespace) -> int:
     try:
-        code = args.fn(args)
-    except UnreadableInputError as exc:
-        print(f"lakelens: error: {exc}", file=sys.stderr)
-        code = 2
-    except (LookupError, FileNotFoundError, ValueError, ConnectionError) as exc:
-        print(f"lakelens: error: {exc}", file=sys.stderr)
-        code = 2
-    except Exception as exc:  # Ray wraps task errors; surface the cause named by our own error types
+        return args.fn(args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes an exit code and a message
         cause = _root_cause(exc)
-        if isinstance(cause, UnreadableInputError):
-            print(f"lakelens: error: {cause}", file=sys.stderr)
-            code = 2
-        else:
-            raise
-    sys.exit(code)
+        if isinstance(cause, (UnreadableInputError, InputError, ConfigError)):
+            _fail(cause)
+            return EXIT_BAD_INPUT
+        if failed_run_of(exc):
+            log.error("run failed: %s (%s); see its failure note under runs/<job>/_failed/", failed_run_of(exc),
+                      f"{type(cause).__name__}: {cause}", exc_info=exc)
+            return EXIT_RUN_FAILED
+        if isinstance(exc, (LookupError, FileNotFoundError, ValueError, ConnectionError)):
+            _fail(exc)  # raised while checking the request, before any run began
+            return EXIT_BAD_INPUT
+        log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return EXIT_RUN_FAILED
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"lakelens: error: {exc}", file=sys.stderr)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
+    """Ray wraps task errors; the cause named by our own error types decides the exit code."""
     seen = exc
     while True:
         nxt = getattr(seen, "cause", None) or seen.__cause__

@@ -10,6 +10,8 @@ values from the data, written exactly, so SQL and memory agree row for row.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakelens.operators.features import ExpertFeatureSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,16 @@ def induce_rules(table: pa.Table, member: np.ndarray, candidates: list[Predicate
     member = np.asarray(member, dtype=bool)
     if not member.any() or not candidates:
         return []
+    started = time.perf_counter()
     rows, member_weight, other_weight = _search_sample(member, search)
     if rows is not None:
         table, member = table.take(pa.array(rows)), member[rows]
     masks = np.stack([p.mask(table) for p in candidates])
+    if log.isEnabledFor(logging.INFO):
+        sizes = {"candidates": len(candidates), "rows": int(member.size), "members": int(member.sum())}
+        log.info("rule search: %d candidates over %d rows%s, %d members", sizes["candidates"], sizes["rows"],
+                 " (sampled)" if rows is not None else "", sizes["members"],
+                 extra={"elapsed_s": round(time.perf_counter() - started, 3), "sizes": sizes})
     weights = np.where(member, member_weight, other_weight)
     n_members = member.sum() * member_weight
     remaining = member.copy()
@@ -137,6 +147,10 @@ def induce_rules(table: pa.Table, member: np.ndarray, candidates: list[Predicate
         fits.append(RuleFit(Rule(tuple(candidates[i] for i in picked)), precision=float(in_cluster / max(support, 1)),
                             coverage=float(in_cluster / n_members), support=int(round(support))))
         remaining &= ~matched
+        log.info("rule %d/%d: %d conditions, precision %.3f, coverage %.3f", len(fits), search.max_rules,
+                 len(picked), fits[-1].precision, fits[-1].coverage,
+                 extra={"progress": {"done": len(fits), "total": search.max_rules},
+                        "elapsed_s": round(time.perf_counter() - started, 3)})
     return fits
 
 
@@ -161,7 +175,7 @@ def _beam_search(masks: np.ndarray, member: np.ndarray, target: np.ndarray, sear
     n_target = target.sum() * member_weight
     beam: list[tuple[tuple[int, ...], np.ndarray]] = [((), np.ones(masks.shape[1], dtype=bool))]
     best: tuple[float, tuple[int, ...], np.ndarray] | None = None
-    for _ in range(search.max_conditions):
+    for depth in range(search.max_conditions):
         scored: list[tuple[float, tuple[int, ...], np.ndarray]] = []
         for picked, matched in beam:
             extended = masks & matched[None, :]
@@ -184,6 +198,8 @@ def _beam_search(masks: np.ndarray, member: np.ndarray, target: np.ndarray, sear
         if best is None or ranked[0][0] > best[0] + 1e-9:
             best = ranked[0]
         beam = [(picked, matched) for _, picked, matched in ranked]
+        log.debug("beam depth %d/%d: best F %.3f", depth + 1, search.max_conditions, best[0],
+                  extra={"progress": {"done": depth + 1, "total": search.max_conditions}})
     return None if best is None else (best[1], best[2])
 
 

@@ -15,11 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakelens.infra.config import LakelensConfig
+from lakelens.infra.config import LakelensConfig, SequenceConfig
 from lakelens.infra.contracts import EVENTS, SOURCE_FILE, SOURCE_ROW, TIMESTAMP, TRANSACTIONS, split_duplicates
 from lakelens.infra.lake_io import collect_table, quarantine_duplicates, read_validated, stable_bucket
-from lakelens.infra.ray_runtime import init_ray
-from lakelens.infra.runs import Run, begin_run, describe_inputs
+from lakelens.infra.errors import InputError
+from lakelens.infra.jobs import Job, run_job
+from lakelens.infra.runs import Run, describe_inputs
 from lakelens.infra.storage import Lake
 from lakelens.operators.sequences import SEQUENCE_SCHEMA, build_sequences
 
@@ -42,36 +43,32 @@ SHUFFLE_SCHEMA = pa.schema(
 )
 
 
-def run_build_sequences(lake: Lake, day: date, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
-    """Build and publish the day's sequences; returns the published manifest (an existing one if unchanged)."""
+def plan_build_sequences(lake: Lake, day: date, config: LakelensConfig) -> Job:
+    """The day's build-sequences run, declared: its transactions, the event days it reads, its params."""
     cfg = config.sequences
     lookback_days = math.ceil(cfg.lookback_hours / 24)
     event_days = [day + timedelta(days=k) for k in range(-lookback_days, cfg.late_arrival_days + 1)]
     inputs = describe_inputs(lake, "transactions", [f"transactions/dt={day}"])
     if not inputs:
-        raise FileNotFoundError(f"no transactions for {day} under {lake.uri('transactions', f'dt={day}')}")
+        raise InputError(f"no transactions for {day} under {lake.uri('transactions', f'dt={day}')}")
     inputs += describe_inputs(lake, "events", [f"events/dt={d}" for d in event_days])
     params = {"date": day.isoformat(), "lookback_hours": cfg.lookback_hours, "max_len": cfg.max_len,
               "late_arrival_days": cfg.late_arrival_days, "event_partitions": [d.isoformat() for d in event_days]}
-    run, existing = begin_run(lake, JOB, f"dt={day}", params, inputs, force=force)
-    if existing is not None:
-        print(f"build-sequences: {run.run_id} is already published (attempt {existing['attempt_id']}); nothing to do")
-        return existing
-    print(f"build-sequences: run {run.run_id}, attempt {run.attempt_id}: "
-          f"{sum(i.rows for i in inputs if i.table == 'transactions'):,} transaction rows, "
-          f"{sum(i.rows for i in inputs if i.table == 'events'):,} event rows from {len(inputs)} files")
-    try:
-        init_ray(config.ray)
-        return _execute(run, day, config, inputs)
-    except BaseException as exc:
-        run.record_failure(exc)
-        raise
+    return Job(JOB, f"dt={day}", params, inputs, compute=lambda run: _compute(run, day, cfg),
+               outputs={"sequences": SEQUENCE_SCHEMA.append(pa.field("run_id", pa.string()))},
+               describe=lambda m: f"{m['metrics']['sequences']['empty']:,} empty, "
+                                  f"{m['metrics']['sequences']['truncated']:,} truncated")
 
 
-def _execute(run: Run, day: date, config: LakelensConfig, inputs) -> dict[str, Any]:
+def run_build_sequences(lake: Lake, day: date, config: LakelensConfig, force: bool = False) -> dict[str, Any]:
+    """Build and publish the day's sequences; returns the published manifest (an existing one if unchanged)."""
+    return run_job(lake, plan_build_sequences(lake, day, config), config, force)
+
+
+def _compute(run: Run, day: date, cfg: SequenceConfig) -> None:
     import ray
 
-    cfg = config.sequences
+    inputs = run.inputs
     event_rows = sum(i.rows for i in inputs if i.table == "events")
     num_buckets = cfg.num_buckets or max(2 * int(ray.cluster_resources().get("CPU", 2)), math.ceil(event_rows / 2e6))
 
@@ -102,13 +99,7 @@ def _execute(run: Run, day: date, config: LakelensConfig, inputs) -> dict[str, A
             fn_kwargs={"run": run, "lookback_s": cfg.lookback_hours * 3600, "max_len": cfg.max_len, "dt": str(day)},
         )
         sequences.write_parquet(run.lake.path(run.table_dir("sequences")), filesystem=run.lake.fs)
-
     run.metrics["sequences"] = _summarise(run)
-    manifest = run.commit(expected_tables={"sequences": SEQUENCE_SCHEMA.append(pa.field("run_id", pa.string()))})
-    print(f"build-sequences: published {manifest['outputs']['sequences']['rows']:,} sequences; "
-          f"quarantined {sum(q['rows'] for q in manifest['quarantine'].values()):,} rows; "
-          f"timings {manifest['timings_s']}")
-    return manifest
 
 
 def _as_shuffle_rows(batch: pa.Table, kind: int, buckets: int) -> pa.Table:

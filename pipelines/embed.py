@@ -1,6 +1,6 @@
 """`lakelens run embed`: a day's sequences through the trained encoder, on Ray Data actors.
 
-    sequences(dt=D) --validate--> SequenceEmbedder actors (model loaded once each; GPU when present)
+    sequences(dt=D) --validate--> SequenceEmbedderActor (model loaded once per actor; GPU when present)
         --> sequence_embeddings --> publish
 """
 
@@ -9,15 +9,17 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakelens.infra.config import LakelensConfig
 from lakelens.infra.contracts import SEQUENCES
+from lakelens.infra.jobs import Job, run_job
 from lakelens.infra.lake_io import read_validated
-from lakelens.infra.ray_runtime import init_ray
-from lakelens.infra.runs import Run, begin_run, published_output
+from lakelens.infra.model_store import ModelStore
+from lakelens.infra.runs import Run, published_output
 from lakelens.infra.storage import Lake
-from lakelens.operators.encoder.checkpoint import load_encoder, resolve_version
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.operators.encoder.embedder import SequenceEmbedder, embedding_schema
 
 JOB = "embed"
@@ -26,30 +28,50 @@ READ_COLUMNS = ["transaction_id", "user_id", "dt", "txn_ts", "n_events", "event_
                 "log_gap_prev_s", "log_time_to_txn_s", "dwell_ms"]
 
 
-def run_embed(lake: Lake, day: date, config: LakelensConfig, model_version: str = "latest",
-              force: bool = False) -> dict[str, Any]:
-    """Embed and publish the day's sequences; returns the manifest (an existing one if unchanged)."""
+class SequenceEmbedderActor:
+    """One Ray Data actor: loads the encoder once (on its GPU when it has one), then embeds batches."""
+
+    def __init__(self, lake: Lake, model_name: str, model_version: str, max_len: int, top_k: int, run_id: str,
+                 cpu_threads: int) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            # Ray pins OMP threads to the actor's CPU reservation; reading tasks leave the rest idle between batches
+            torch.set_num_threads(cpu_threads)
+        model = ModelStore(lake).load(model_name, model_version, LoadedEncoder, device=device)
+        self.embedder = SequenceEmbedder(model, max_len=max_len, top_k=top_k, run_id=run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.embedder(batch)
+
+
+def plan_embed(lake: Lake, day: date, config: LakelensConfig, model_version: str = "latest") -> Job:
     name = config.encoder.model_name
-    version = resolve_version(lake, name, model_version)
-    card = load_encoder(lake, name, version).card  # fails early on a broken model, before any Ray work
+    store = ModelStore(lake)
+    version = store.resolve_version(name, model_version)
+    card = store.load(name, version, LoadedEncoder).card  # fails early on a broken model, before any Ray work
     sequences_run, inputs = published_output(lake, "build-sequences", f"dt={day}", "sequences")
     params = {"date": day.isoformat(), "model": f"{name}/{version}", "max_len": card["config"]["max_len"],
               "top_events": config.embed.top_events}
-    run, existing = begin_run(lake, JOB, f"dt={day}", params, inputs, force=force)
-    if existing is not None:
-        print(f"embed: {run.run_id} is already published (attempt {existing['attempt_id']}); nothing to do")
-        return existing
-    print(f"embed: run {run.run_id}: {sum(i.rows for i in inputs):,} sequences with {name}/{version}")
-    try:
-        init_ray(config.ray)
-        return _execute(run, lake, config, name, version, params["max_len"], card, sequences_run)
-    except BaseException as exc:
-        run.record_failure(exc)
-        raise
+
+    def compute(run: Run) -> None:
+        _compute(run, config, name, version, params["max_len"], sequences_run)
+
+    return Job(JOB, f"dt={day}", params, inputs, compute,
+               outputs={TABLE: embedding_schema(card["architecture"]["embedding_dim"])},
+               describe=lambda m: f"{m['metrics']['embed']['truncated_by_encoder']:,} truncated to "
+                                  f"{params['max_len']} events, {m['metrics']['embed']['empty']:,} empty")
 
 
-def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: str, max_len: int,
-             card: dict[str, Any], sequences_run: dict[str, Any]) -> dict[str, Any]:
+def run_embed(lake: Lake, day: date, config: LakelensConfig, model_version: str = "latest",
+              force: bool = False) -> dict[str, Any]:
+    """Embed and publish the day's sequences; returns the manifest (an existing one if unchanged)."""
+    return run_job(lake, plan_embed(lake, day, config, model_version), config, force)
+
+
+def _compute(run: Run, config: LakelensConfig, name: str, version: str, max_len: int,
+             sequences_run: dict[str, Any]) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -59,8 +81,8 @@ def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: s
     with run.stage("embed"):
         sequences = read_validated(run, SEQUENCES, run.inputs, columns=READ_COLUMNS)
         embeddings = sequences.map_batches(
-            SequenceEmbedder,
-            fn_constructor_kwargs={"lake": lake, "model_name": name, "model_version": version, "max_len": max_len,
+            SequenceEmbedderActor,
+            fn_constructor_kwargs={"lake": run.lake, "model_name": name, "model_version": version, "max_len": max_len,
                                    "top_k": config.embed.top_events, "run_id": run.run_id,
                                    "cpu_threads": max(1, cpus // actors)},
             compute=ActorPoolStrategy(size=actors),
@@ -69,16 +91,10 @@ def _execute(run: Run, lake: Lake, config: LakelensConfig, name: str, version: s
             num_gpus=1 if gpus else 0,
             num_cpus=0 if gpus else 1,
         )  # Ray Data restarts a lost actor and retries its batches (tests/test_fault_tolerance.py)
-        embeddings.write_parquet(lake.path(run.table_dir(TABLE)), filesystem=lake.fs)
+        embeddings.write_parquet(run.lake.path(run.table_dir(TABLE)), filesystem=run.lake.fs)
     run.metrics["embed"] = {**_summarise(run), "actors": actors, "device": "cuda" if gpus else "cpu",
                             "upstream_truncated": sequences_run.get("metrics", {}).get("sequences", {}).get("truncated", 0),
                             "upstream_max_len": sequences_run["params"].get("max_len")}
-    manifest = run.commit(expected_tables={TABLE: embedding_schema(card["architecture"]["embedding_dim"])})
-    out = manifest["metrics"]["embed"]
-    print(f"embed: published {manifest['outputs'][TABLE]['rows']:,} embeddings ({out['truncated_by_encoder']:,} "
-          f"truncated to {max_len} events, {out['empty']:,} empty); quarantined "
-          f"{sum(q['rows'] for q in manifest['quarantine'].values()):,}; timings {manifest['timings_s']}")
-    return manifest
 
 
 def _summarise(run: Run) -> dict[str, int]:

@@ -10,8 +10,8 @@ the inputs, the parameters and the code, so re-running unchanged training reuses
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import logging
 import os
 import tempfile
 from datetime import date, datetime, timezone
@@ -23,10 +23,12 @@ import pyarrow as pa
 from lakelens.infra.config import EncoderConfig, LakelensConfig
 from lakelens.infra.contracts import SEQUENCES
 from lakelens.infra.lake_io import collect_table, read_validated, stable_bucket
-from lakelens.infra.ray_runtime import init_ray
-from lakelens.infra.runs import InputFile, Run, code_version, published_output
+from lakelens.infra.errors import InputError
+from lakelens.infra.jobs import Job, run_job
+from lakelens.infra.model_store import ModelStore, model_dir
+from lakelens.infra.runs import InputFile, Run, code_version, fingerprint_hash, published_output
 from lakelens.infra.storage import Lake
-from lakelens.operators.encoder.checkpoint import CARD, model_dir, save_encoder
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.operators.encoder.model import create_encoder, encoder_architecture
 from lakelens.operators.encoder.objective import ObjectiveParams
 from lakelens.operators.encoder.training import TrainingParams
@@ -36,6 +38,7 @@ JOB = "train-encoder"
 TRAIN_COLUMNS = ["transaction_id", "user_id", "event_types", "log_gap_prev_s", "log_time_to_txn_s", "dwell_ms"]
 TRAIN_SCHEMA = pa.schema([SEQUENCES.schema.field(c) for c in TRAIN_COLUMNS] + [pa.field("split", pa.string())])
 HASH_BUCKETS = 1_000_000
+log = logging.getLogger(__name__)
 
 
 def training_params(cfg: EncoderConfig) -> TrainingParams:
@@ -47,38 +50,36 @@ def training_params(cfg: EncoderConfig) -> TrainingParams:
     )
 
 
-def run_train_encoder(lake: Lake, days: list[date], config: LakelensConfig, force: bool = False) -> dict[str, Any]:
-    """Train (or find already trained) the encoder on the published sequences of `days`; returns its model card."""
+def plan_train_encoder(lake: Lake, days: list[date], config: LakelensConfig) -> Job:
+    """Training on the published sequences of `days`, declared; its run id is the model version."""
     cfg = config.encoder
     if not days:
-        raise ValueError("train-encoder needs at least one --dates day")
+        raise InputError("train-encoder needs at least one --dates day")
+    days = sorted(set(days))
     inputs: list[InputFile] = []
-    for day in sorted(set(days)):
-        _, files = published_output(lake, "build-sequences", f"dt={day}", "sequences")
-        inputs += files
+    for day in days:
+        inputs += published_output(lake, "build-sequences", f"dt={day}", "sequences")[1]
     version = _version(cfg, inputs)
-    if not force and lake.exists(f"{model_dir(cfg.model_name, version)}/{CARD}"):
-        card = lake.read_json(f"{model_dir(cfg.model_name, version)}/{CARD}")
-        print(f"train-encoder: {cfg.model_name}/{version} is already trained on these inputs; nothing to do")
-        return card
-
-    init_ray(config.ray)
-    # quarantine of broken sequences is kept with the model, next to the card that counts it
-    run = Run(lake=lake, job=JOB, partition=f"model={cfg.model_name}", params=dataclasses.asdict(cfg),
-              inputs=inputs, run_id=version)
-    try:
-        return _train(run, lake, cfg, inputs, version, sorted(set(days)))
-    except BaseException as exc:
-        run.record_failure(exc)
-        raise
+    return Job(JOB, f"model={cfg.model_name}", dataclasses.asdict(cfg), inputs,
+               compute=lambda run: _train(run, cfg, version, days), run_id=version,
+               describe=lambda m: f"model {cfg.model_name}/{version}: best epoch {m['metrics']['model']['best_epoch']}"
+                                  f" of {m['metrics']['model']['epochs_run']}, held-out loss "
+                                  f"{m['metrics']['model']['best_valid_loss']:.4f}")
 
 
-def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], version: str,
-           days: list[date]) -> dict[str, Any]:
+def run_train_encoder(lake: Lake, days: list[date], config: LakelensConfig, force: bool = False) -> dict[str, Any]:
+    """Train (or find already trained) the encoder on the published sequences of `days`; returns its model card."""
+    job = plan_train_encoder(lake, days, config)
+    run_job(lake, job, config, force)
+    return ModelStore(lake).card(config.encoder.model_name, job.run_id)
+
+
+def _train(run: Run, cfg: EncoderConfig, version: str, days: list[date]) -> None:
     import ray.train
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
+    lake, inputs = run.lake, run.inputs
     total_rows = sum(i.rows for i in inputs)
     keep_below = min(HASH_BUCKETS, int(HASH_BUCKETS * cfg.max_train_sequences / max(total_rows, 1)) + 1)
     with run.stage("sample"):
@@ -90,10 +91,10 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         counts = count_event_types(b["event_types"] for b in train_ds.iter_batches(batch_format="pyarrow"))
         vocabulary = EventVocabulary.learn(counts, min_count=cfg.min_event_count)
         n_train, n_valid = train_ds.count(), valid_ds.count()
-    print(f"train-encoder: {n_train:,} training and {n_valid:,} held-out sequences from {total_rows:,}; "
-          f"vocabulary {len(vocabulary)} ({len(counts)} event types seen)")
+    log.info("%s training and %s held-out sequences from %s; vocabulary %d (%d event types seen)",
+             f"{n_train:,}", f"{n_valid:,}", f"{total_rows:,}", len(vocabulary), len(counts))
     if n_train == 0 or n_valid < 2:
-        raise ValueError(f"too few sequences to train on ({n_train} train, {n_valid} held out)")
+        raise InputError(f"too few sequences to train on ({n_train} train, {n_valid} held out)")
 
     gpus = _gpus()
     use_gpu = gpus > 0
@@ -141,11 +142,10 @@ def _train(run: Run, lake: Lake, cfg: EncoderConfig, inputs: list[InputFile], ve
         "device": "cuda" if use_gpu else "cpu",
         "workers": workers,
     }
-    card = save_encoder(lake, cfg.model_name, version, encoder, vocabulary, card)
-    m = card["metrics"]
-    print(f"train-encoder: saved {cfg.model_name}/{version}: best epoch {m['best_epoch']} of {m['epochs_run']}, "
-          f"held-out loss {m['best_valid_loss']:.4f}, {m['seconds']:.1f} s -> {lake.uri(model_dir(cfg.model_name, version))}")
-    return card
+    # the model's own commit (its card) lands before the run's manifest names it
+    ModelStore(lake).save(cfg.model_name, version, LoadedEncoder(encoder, vocabulary), card)
+    run.metrics["model"] = {"name": cfg.model_name, "version": version, "dir": model_dir(cfg.model_name, version),
+                            **card["metrics"]}
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -205,8 +205,7 @@ def held_out_users(user_ids: pa.Array | pa.ChunkedArray, valid_fraction: float) 
 def _version(cfg: EncoderConfig, inputs: list[InputFile]) -> str:
     fingerprint = {"config": dataclasses.asdict(cfg), "code": code_version(),
                    "inputs": sorted((i.path, i.bytes) for i in inputs)}
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"v-{digest}"
+    return f"v-{fingerprint_hash(fingerprint)}"
 
 
 def _gpus() -> int:

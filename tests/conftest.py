@@ -184,7 +184,7 @@ TEST_DAY = date(2026, 1, 2)
 @pytest.fixture
 def small_world(lake) -> Lake:
     """A few hundred users over two days, written into the parametrised lake."""
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
     generate_world(lake, users=400, days=2, seed=11, start=TEST_START, workers=1)
     return lake
@@ -203,7 +203,7 @@ def trained_lake(tmp_path_factory, ray_local):
     """A world of 5,000 users: sequences for four days, the encoder trained on three, those three embedded."""
     from lakelens.pipelines.build_sequences import run_build_sequences
     from lakelens.pipelines.embed import run_embed
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
     from lakelens.pipelines.train_encoder import run_train_encoder
 
     lake = Lake(tmp_path_factory.mktemp("encoder") / "lake")
@@ -221,3 +221,14 @@ def trained_lake(tmp_path_factory, ray_local):
     return lake, card, manifests
 
 
+
+
+# -- lanes: `make test-fast` leaves out what runs jobs on a real Ray over generated worlds --
+
+JOB_FIXTURES = {"ray_local", "ray_cluster", "trained_lake"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if JOB_FIXTURES & set(item.fixturenames) or item.module.__name__.endswith(("test_cli", "test_fault_tolerance")):
+            item.add_marker(pytest.mark.slow)

@@ -13,7 +13,7 @@ from lakelens.operators.features import ExpertFeatureSpec
 from lakelens.operators.risk import RiskThresholds, cluster_risk, wilson_lower
 from lakelens.operators.rules import Predicate, RuleSearch, candidate_predicates, induce_rules
 from lakelens.pipelines.behavior_clusters import run_behavior_clusters
-from lakelens.pipelines.synthetic_truth import measure_detection
+from lakelens.synthetic.truth import measure_detection
 
 from .conftest import ENCODER_CONFIG, SPARE_DAY, TRAIN_DAYS
 

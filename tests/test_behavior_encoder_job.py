@@ -12,9 +12,10 @@ import torch
 
 from lakelens.infra.catalog import open_catalog
 from lakelens.infra.runs import published_output
-from lakelens.operators.encoder.checkpoint import load_encoder, model_dir
+from lakelens.infra.model_store import ModelStore, model_dir
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.pipelines.embed import TABLE, run_embed
-from lakelens.pipelines.synthetic_truth import EncoderQuality, measure_encoder_quality
+from lakelens.synthetic.truth import EncoderQuality, measure_encoder_quality
 from lakelens.pipelines.train_encoder import run_train_encoder
 
 from .conftest import ENCODER_CONFIG as CONFIG, SPARE_DAY, TRAIN_DAYS
@@ -73,13 +74,11 @@ def test_embed_publishes_one_row_per_sequence_with_the_model_version(trained_lak
 
 def test_embed_truncates_to_a_shorter_encoder_window_and_says_so_in_the_manifest(trained_lake, tmp_path):
     lake, card, _ = trained_lake
-    loaded = load_encoder(lake, card["name"], card["version"])
+    loaded = ModelStore(lake).load(card["name"], card["version"], LoadedEncoder)
     # the same weights published under a model trained to read at most 8 events
-    from lakelens.operators.encoder.checkpoint import save_encoder
-
     short = {**{k: v for k, v in card.items() if k not in {"name", "version", "architecture", "vocabulary"}},
              "config": {**card["config"], "max_len": 8}}
-    save_encoder(lake, "short-encoder", "v-short", loaded.encoder, loaded.vocabulary, short)
+    ModelStore(lake).save("short-encoder", "v-short", LoadedEncoder(loaded.encoder, loaded.vocabulary), short)
     config = dataclasses.replace(CONFIG, encoder=dataclasses.replace(CONFIG.encoder, model_name="short-encoder"))
     manifest = run_embed(lake, SPARE_DAY, config, model_version="v-short")
     metrics = manifest["metrics"]["embed"]
@@ -122,7 +121,7 @@ def test_ray_train_with_the_same_seed_is_reproducible(trained_lake):
         CONFIG.encoder, model_name="tiny", architecture="bilstm-tiny", epochs=2, max_train_sequences=1500))
     first = run_train_encoder(lake, TRAIN_DAYS[:1], tiny)
     second = run_train_encoder(lake, TRAIN_DAYS[:1], tiny, force=True)
-    a = load_encoder(lake, "tiny", first["version"]).encoder.state_dict()
-    b = load_encoder(lake, "tiny", second["version"]).encoder.state_dict()
+    a = ModelStore(lake).load("tiny", first["version"], LoadedEncoder).encoder.state_dict()
+    b = ModelStore(lake).load("tiny", second["version"], LoadedEncoder).encoder.state_dict()
     assert first["version"] == second["version"] and second["saved_at"] > first["saved_at"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -10,7 +11,8 @@ import pytest
 from lakelens.infra.catalog import open_catalog
 from lakelens.infra.config import LakelensConfig, RayConfig
 from lakelens.infra.contracts import UnreadableInputError
-from lakelens.infra.runs import COMMITS, begin_run, describe_inputs
+from lakelens.infra.jobs import begin_attempt, execute_attempt
+from lakelens.infra.runs import COMMITS, describe_inputs
 from lakelens.infra.storage import Lake
 from lakelens.pipelines import build_sequences as job
 
@@ -73,7 +75,7 @@ def _bad_transactions(lake: Lake) -> None:
 
 
 def test_contract_breaking_rows_are_quarantined_with_exact_counts(tmp_path, ray_local):
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
     lake = Lake(tmp_path / "lake")
     generate_world(lake, users=300, days=2, seed=5, workers=1)
@@ -95,7 +97,7 @@ def test_contract_breaking_rows_are_quarantined_with_exact_counts(tmp_path, ray_
 
 
 def test_an_unreadable_file_fails_the_run_with_an_error_naming_it(tmp_path, ray_local):
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
     lake = Lake(tmp_path / "lake")
     generate_world(lake, users=50, days=2, seed=5, workers=1)
@@ -128,7 +130,7 @@ def test_a_crash_before_publish_leaves_nothing_visible_and_a_rerun_publishes_onc
 
 
 def test_rerunning_the_same_day_is_idempotent(tmp_path, ray_local):
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
     lake = Lake(tmp_path / "lake")
     generate_world(lake, users=200, days=2, seed=3, workers=1)
@@ -147,7 +149,7 @@ def test_rerunning_the_same_day_is_idempotent(tmp_path, ray_local):
 
 
 def test_concurrent_attempts_never_mix_and_the_later_commit_wins(tmp_path, ray_local):
-    from lakelens.pipelines.generate import generate_world
+    from lakelens.synthetic.generate import generate_world
 
     lake = Lake(tmp_path / "lake")
     generate_world(lake, users=200, days=2, seed=4, workers=1)
@@ -155,11 +157,12 @@ def test_concurrent_attempts_never_mix_and_the_later_commit_wins(tmp_path, ray_l
     inputs += describe_inputs(lake, "events", [f"events/dt={d}" for d in ("2026-01-01", "2026-01-02", "2026-01-03")])
     params = {"concurrency": "test"}
     # both attempts start before either commits, so neither can see the other
-    run_a, seen_a = begin_run(lake, job.JOB, f"dt={TEST_DAY}", params, inputs)
-    run_b, seen_b = begin_run(lake, job.JOB, f"dt={TEST_DAY}", params, inputs)
+    planned = dataclasses.replace(job.plan_build_sequences(lake, TEST_DAY, CONFIG), params=params, inputs=inputs)
+    run_a, seen_a = begin_attempt(lake, planned)
+    run_b, seen_b = begin_attempt(lake, planned)
     assert seen_a is None and seen_b is None and run_a.attempt_id != run_b.attempt_id
-    manifest_b = job._execute(run_b, TEST_DAY, CONFIG, inputs)
-    manifest_a = job._execute(run_a, TEST_DAY, CONFIG, inputs)
+    manifest_b = execute_attempt(run_b, planned)
+    manifest_a = execute_attempt(run_a, planned)
 
     files_a = {f["path"] for f in manifest_a["outputs"]["sequences"]["files"]}
     files_b = {f["path"] for f in manifest_b["outputs"]["sequences"]["files"]}

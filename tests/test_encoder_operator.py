@@ -11,8 +11,8 @@ import torch
 
 from lakelens.infra.contracts import SEQUENCES
 from lakelens.operators.encoder.batching import pad_sequences
-from lakelens.operators.encoder.checkpoint import (
-    ModelMismatchError, ModelNotFoundError, load_encoder, model_dir, resolve_version, save_encoder)
+from lakelens.infra.model_store import ModelNotFoundError, ModelStore, model_dir
+from lakelens.operators.encoder.checkpoint import LoadedEncoder, ModelMismatchError
 from lakelens.operators.encoder.embedder import SequenceEmbedder
 from lakelens.operators.encoder.model import create_encoder, encoder_architecture
 from lakelens.operators.encoder.objective import ObjectiveParams, augment, nt_xent
@@ -242,8 +242,8 @@ def test_expert_features_scale_numbers_robustly_and_one_hot_categories():
 
 def test_a_saved_encoder_loads_back_with_identical_outputs(lake):
     encoder = tiny_encoder(seed=5)
-    save_encoder(lake, "enc", "v1", encoder, VOCAB, {"config": {"max_len": 8}})
-    loaded = load_encoder(lake, "enc", "latest")
+    ModelStore(lake).save("enc", "v1", LoadedEncoder(encoder, VOCAB), {"config": {"max_len": 8}})
+    loaded = ModelStore(lake).load("enc", "latest", LoadedEncoder)
     table = sequences_table([["search", "login", "add_card"]])
     assert loaded.version == "v1" and loaded.vocabulary == VOCAB
     assert torch.equal(encode(encoder, table)[1].embedding, encode(loaded.encoder, table)[1].embedding)
@@ -254,29 +254,29 @@ def test_an_unknown_model_version_is_a_clear_error_listing_known_ones(tmp_path):
 
     lake = Lake(tmp_path)
     with pytest.raises(ModelNotFoundError, match="run `lakelens run train-encoder`"):
-        resolve_version(lake, "enc", "latest")
-    save_encoder(lake, "enc", "v1", tiny_encoder(), VOCAB, {})
+        ModelStore(lake).resolve_version("enc", "latest")
+    ModelStore(lake).save("enc", "v1", LoadedEncoder(tiny_encoder(), VOCAB), {})
     with pytest.raises(ModelNotFoundError, match="versions: v1"):
-        load_encoder(lake, "enc", "v9")
+        ModelStore(lake).load("enc", "v9", LoadedEncoder)
 
 
 def test_weights_paired_with_another_vocabulary_are_refused(tmp_path):
     from lakelens.infra.storage import Lake
 
     lake = Lake(tmp_path)
-    save_encoder(lake, "enc", "v1", tiny_encoder(), VOCAB, {})
+    ModelStore(lake).save("enc", "v1", LoadedEncoder(tiny_encoder(), VOCAB), {})
     other = EventVocabulary.learn({"x": 1})
     lake.write_bytes(f"{model_dir('enc', 'v1')}/vocabulary.json", other.to_json().encode())
     with pytest.raises(ModelMismatchError, match="not the vocabulary"):
-        load_encoder(lake, "enc", "v1")
+        ModelStore(lake).load("enc", "v1", LoadedEncoder)
 
 
 def test_embedder_returns_unit_embeddings_and_the_most_attended_events_heaviest_first(tmp_path):
     from lakelens.infra.storage import Lake
 
     lake = Lake(tmp_path)
-    save_encoder(lake, "enc", "v1", tiny_encoder(), VOCAB, {})
-    embedder = SequenceEmbedder(lake, "enc", "v1", max_len=3, top_k=2, run_id="r1", device="cpu")
+    ModelStore(lake).save("enc", "v1", LoadedEncoder(tiny_encoder(), VOCAB), {})
+    embedder = SequenceEmbedder(ModelStore(lake).load("enc", "v1", LoadedEncoder), max_len=3, top_k=2, run_id="r1")
     table = sequences_table([["search", "view_item", "login", "add_card"], ["place_order"], []])
     out = embedder(table)
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 8)

@@ -9,8 +9,10 @@ import torch
 from lakelens.operators.lens import measures
 from lakelens.operators.lens.compat import import_torchvision
 from lakelens.operators.lens.components import ComponentRecorder
-from lakelens.operators.lens.image_world import ImageWorldParams, decode_image, generate_images
-from lakelens.operators.lens.models import create_model, resolve_layers, to_tensor, train_classifier
+from lakelens.operators.lens.codec import decode_image
+from lakelens.operators.lens.models import create_model, resolve_layers, to_tensor
+from lakelens.synthetic.images import ImageWorldParams, generate_images
+from lakelens.synthetic.training import train_classifier
 from lakelens.operators.lens.topk import TopK
 
 
@@ -178,7 +180,7 @@ def test_the_relevant_box_frames_the_compact_peak_and_keeps_a_minimum_square_ins
 
 
 def test_training_views_name_only_the_concepts_a_crop_shows():
-    from lakelens.operators.lens.image_world import MARKER, TrainingViews, unpack_mask, visible_concepts
+    from lakelens.synthetic.images import MARKER, TrainingViews, unpack_mask, visible_concepts
 
     table = generate_images(40, ImageWorldParams(seed=4))
     row = next(r for r in table.to_pylist() if r["marker"])

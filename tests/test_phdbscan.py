@@ -1,4 +1,5 @@
-"""pHDBSCAN agrees with the hdbscan library, predicts new points, persists, and rejects bad input clearly."""
+"""pHDBSCAN agrees with the hdbscan library, predicts new points, round-trips through files, logs its stages,
+and rejects bad input clearly."""
 
 from __future__ import annotations
 
@@ -238,15 +239,35 @@ def test_predicted_outlier_scores_agree_with_hdbscan_approximate_predict_scores(
     assert scores[300:].mean() > scores[:300].mean()
 
 
-def test_a_fitted_model_saves_to_and_loads_from_the_lake(lake):
+def test_a_fitted_model_round_trips_through_its_files():
     X = _blobs_with_noise(800, seed=7)
     model = PHDBSCAN(min_cluster_size=20).fit(X)
-    lake.ensure_root()
-    model.save(lake, "models/clusters/v1")
-    loaded = PHDBSCAN.load(lake, "models/clusters/v1")
+    files = model.to_files()
+    assert sorted(files) == ["arrays.npz", "model.json"]
+    loaded = PHDBSCAN.from_files({name: bytes(data) for name, data in files.items()})
     assert np.array_equal(loaded.labels_, model.labels_)
     probe = X[:50] + 1e-4
     assert np.array_equal(loaded.approximate_predict(probe)[0], model.approximate_predict(probe)[0])
+
+
+def test_files_that_are_not_a_phdbscan_model_are_a_clear_error():
+    files = PHDBSCAN(min_cluster_size=5).fit(np.random.default_rng(0).normal(size=(60, 2))).to_files()
+    with pytest.raises(ValueError, match="not a pHDBSCAN model: no arrays.npz"):
+        PHDBSCAN.from_files({"model.json": files["model.json"]})
+    with pytest.raises(ValueError, match="kind 'encoder'"):
+        PHDBSCAN.from_files({**files, "model.json": b'{"kind": "encoder"}'})
+    with pytest.raises(ValueError, match="arrays.npz is not an npz archive"):
+        PHDBSCAN.from_files({**files, "arrays.npz": b"weights"})
+
+
+def test_fit_stages_log_elapsed_seconds_and_sizes(caplog):
+    with caplog.at_level("INFO", logger="lakelens.operators.hdbscan"):
+        PHDBSCAN(min_cluster_size=20).fit(_blobs_with_noise(600, seed=2))
+    steps = {r.step: r for r in caplog.records if hasattr(r, "step")}
+    assert {"knn graph", "core distances", "spanning forest", "single linkage", "condensed tree", "selection",
+            "hdbscan fit"} <= set(steps)
+    assert all(r.elapsed_s >= 0 and r.levelname == "INFO" for r in steps.values())
+    assert steps["knn graph"].sizes["points"] == 640 and steps["hdbscan fit"].sizes["clusters"] >= 2
 
 
 def test_nan_or_inf_rows_give_an_error_naming_the_count():

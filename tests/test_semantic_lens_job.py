@@ -10,9 +10,10 @@ import pytest
 from lakelens.infra.catalog import open_catalog
 from lakelens.infra.config import LakelensConfig, LensConfig, RayConfig
 from lakelens.infra.storage import Lake
-from lakelens.operators.lens.image_world import MARKER
-from lakelens.pipelines.lens_world import generate_lens_world, lens_config_for_world, truth
-from lakelens.pipelines.semantic_lens import run_semantic_lens, search_components
+from lakelens.synthetic.images import MARKER
+from lakelens.synthetic.lens_world import generate_lens_world, lens_config_for_world, truth
+from lakelens.pipelines.search_components import search_components
+from lakelens.pipelines.semantic_lens import run_semantic_lens
 
 MODEL = "tiny-cnn-world"
 
@@ -39,7 +40,7 @@ def _examples_with(lake: Lake, layer: str, unit: int, column: str) -> list:
 
 
 def _concept_column(concept: str) -> str:
-    from lakelens.operators.lens.image_world import COLOURS, SHAPES
+    from lakelens.synthetic.images import COLOURS, SHAPES
 
     return "shape" if concept in SHAPES else "colour" if concept in COLOURS else "texture"
 
@@ -57,7 +58,7 @@ def test_search_finds_components_whose_examples_show_the_planted_concept(lens_la
 
 
 def test_components_whose_crops_share_a_concept_are_labelled_with_it(lens_lake):
-    from lakelens.operators.lens.image_world import unpack_mask, visible_concepts
+    from lakelens.synthetic.images import unpack_mask, visible_concepts
 
     lake, _ = lens_lake
     con = open_catalog(lake)
@@ -113,8 +114,8 @@ def test_marker_components_are_found_through_crops_of_the_marker_corner(lens_lak
 
 
 def test_a_model_trained_without_the_spurious_correlation_is_not_flagged(lens_lake):
-    from lakelens.operators.lens.image_world import ImageWorldParams, generate_images
-    from lakelens.pipelines.lens_world import train_world_classifier, write_images
+    from lakelens.synthetic.images import ImageWorldParams, generate_images
+    from lakelens.synthetic.lens_world import train_world_classifier, write_images
 
     lake, _ = lens_lake
     table = generate_images(1600, ImageWorldParams(seed=6, marker_rate_in_class=0.05))  # marker as common anywhere
@@ -161,7 +162,7 @@ def test_bad_settings_are_clear_errors_before_any_work(lens_lake, tmp_path):
 
 
 def test_comparing_a_model_with_one_of_its_layers_finds_every_concept_of_the_layer_shared(lens_lake):
-    from lakelens.pipelines.semantic_lens import run_compare_models
+    from lakelens.pipelines.compare_models import run_compare_models
 
     lake, _ = lens_lake
     run_semantic_lens(lake, "images", _config(model_id="block3-only", layers=["block3"]))

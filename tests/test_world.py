@@ -5,8 +5,8 @@ from datetime import date
 import pyarrow.compute as pc
 
 from lakelens.infra.storage import Lake
-from lakelens.operators.world import EVENT_TYPES, FRAUD_MOS, LATE_EVENT_TYPE, WorldParams, generate_chunk, DAY_US
-from lakelens.pipelines.generate import EPOCH, generate_world
+from lakelens.synthetic.clickstream import EVENT_TYPES, FRAUD_MOS, LATE_EVENT_TYPE, WorldParams, generate_chunk, DAY_US
+from lakelens.synthetic.generate import EPOCH, generate_world
 
 
 def _params(seed=1, days=3):

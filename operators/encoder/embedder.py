@@ -1,7 +1,7 @@
 """Batch inference: sequence rows in, embeddings plus the most-attended events out.
 
-`SequenceEmbedder` is the stateful callable a Ray Data actor holds: the model loads once per
-actor, on the GPU when there is one, and each call maps one Arrow batch.
+`SequenceEmbedder` wraps a loaded encoder (on the GPU when there is one); each call maps one
+Arrow batch. The embed job's Ray Data actor builds one per actor, so the model loads once.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from lakelens.infra.storage import Lake
 from lakelens.operators.encoder.batching import pad_sequences
-from lakelens.operators.encoder.checkpoint import LoadedEncoder, load_encoder
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 
 TOP_EVENT = pa.struct([("position", pa.int32()), ("event_id", pa.string()), ("event_type", pa.string()),
                        ("weight", pa.float32())])
@@ -41,13 +40,9 @@ def pick_device() -> torch.device:
 
 
 class SequenceEmbedder:
-    def __init__(self, lake: Lake, model_name: str, model_version: str, max_len: int, top_k: int = 5,
-                 run_id: str = "", device: str | None = None, cpu_threads: int | None = None) -> None:
-        self.device = torch.device(device) if device else pick_device()
-        if self.device.type == "cpu" and cpu_threads:
-            # Ray pins OMP threads to the actor's CPU reservation; reading tasks leave the rest idle between batches
-            torch.set_num_threads(cpu_threads)
-        self.model: LoadedEncoder = load_encoder(lake, model_name, model_version, self.device)
+    def __init__(self, model: LoadedEncoder, max_len: int, top_k: int = 5, run_id: str = "") -> None:
+        self.device = next(model.encoder.parameters()).device
+        self.model = model
         self.max_len = max_len
         self.top_k = top_k
         self.run_id = run_id

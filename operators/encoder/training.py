@@ -7,6 +7,7 @@ pipeline calls it inside Ray Train workers, where each worker holds its shard of
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from lakelens.operators.encoder.batching import PaddedSequences
 from lakelens.operators.encoder.model import TimeAttentionBiLSTM
 from lakelens.operators.encoder.objective import ObjectiveParams, Pretraining, augment, composition_targets
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingParams:
@@ -96,13 +98,28 @@ def fit_encoder(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if valid_loss < best[0] - params.min_delta:
+        improved = valid_loss < best[0] - params.min_delta
+        if improved:
             best = (valid_loss, epoch, copy.deepcopy(encoder.state_dict()))
-        elif epoch - best[1] >= params.patience:
+        if rank == 0:  # workers agree on every number here; one line per epoch, not one per worker
+            _log_epoch(record, params.epochs, best[0], best[1])
+        if not improved and epoch - best[1] >= params.patience:
+            if rank == 0:
+                log.info("early stop after epoch %d/%d: best epoch %d", epoch + 1, params.epochs, best[1] + 1,
+                         extra={"progress": {"done": epoch + 1, "total": params.epochs}})
             break
     encoder.load_state_dict(best[2])
     return TrainingResult(best[2], best[1], best[0], history, round(time.perf_counter() - started, 3),
                           int(n_total_train), int(n_total_valid))
+
+
+def _log_epoch(record: dict[str, float], epochs: int, best_loss: float, best_epoch: int) -> None:
+    done = int(record["epoch"]) + 1
+    log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, best %.4f (epoch %d)", done, epochs,
+             record["train_loss"], record["valid_loss"], best_loss, best_epoch + 1,
+             extra={"progress": {"done": done, "total": epochs}, "elapsed_s": record["seconds"],
+                    "metrics": {"train_loss": record["train_loss"], "valid_loss": record["valid_loss"],
+                                "best_valid_loss": best_loss, "best_epoch": best_epoch}})  # 0-based, as in history
 
 
 @torch.no_grad()

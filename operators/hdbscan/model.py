@@ -7,7 +7,12 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
+import time
+import zipfile
 from dataclasses import asdict, dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -31,6 +36,22 @@ from lakelens.operators.hdbscan.tree import (
     selected_owner,
     single_linkage,
 )
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, ARRAYS_FILE = "model.json", "arrays.npz"
+_ARRAY_NAMES = ("data", "labels", "probabilities", "outlier_scores", "condensed_tree", "single_linkage",
+                "core_distances", "cluster_persistence", "selected_clusters")
+
+
+def log_step(logger: logging.Logger, step: str, started: float, **sizes: int) -> float:
+    """One INFO line for a finished fit stage, with elapsed_s and sizes as structured fields; returns seconds."""
+    elapsed = time.perf_counter() - started
+    if logger.isEnabledFor(logging.INFO):
+        sizes = {k: int(v) for k, v in sizes.items()}
+        logger.info("%s: %.2f s, %s", step, elapsed, " ".join(f"{k}={v}" for k, v in sizes.items()),
+                    extra={"step": step, "elapsed_s": round(elapsed, 3), "sizes": sizes})
+    return elapsed
 
 
 @dataclass
@@ -102,13 +123,18 @@ def prepare_data(X, metric: str = "euclidean") -> np.ndarray:
 def hdbscan_from_mst(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, core: np.ndarray,
                      params: HDBSCANParams) -> HDBSCANResult:
     """Everything after the spanning tree; pure and shared by single-node and sharded fits."""
+    started = time.perf_counter()
     linkage = single_linkage(n, a, b, w)
+    log_step(log, "single linkage", started, merges=linkage.shape[0])
+    started = time.perf_counter()
     tree = condense_tree(linkage, params.min_cluster_size)
     ct = ClusterTree.from_condensed(tree)  # derived once, read by every step below
+    log_step(log, "condensed tree", started, rows=tree.size, clusters=ct.parent_of.size)
+    started = time.perf_counter()
     selected = select_clusters(tree, params.cluster_selection_method, params.allow_single_cluster,
                                params.cluster_selection_epsilon, ct=ct, max_cluster_size=params.max_cluster_size)
     labels = label_points(tree, selected, n, params.allow_single_cluster, params.cluster_selection_epsilon, ct=ct)
-    return HDBSCANResult(
+    result = HDBSCANResult(
         labels=labels,
         probabilities=membership_probabilities(tree, selected, labels, ct=ct),
         outlier_scores=glosh_scores(tree, n, ct=ct),
@@ -118,37 +144,47 @@ def hdbscan_from_mst(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, core: 
         cluster_persistence=cluster_persistence(tree, selected, ct=ct),
         core_distances=core,
     )
+    log_step(log, "selection", started, selected=len(selected), noise=int((labels < 0).sum()))
+    return result
 
 
 def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph | None = None) -> HDBSCANResult:
     """Cluster prepared data (see prepare_data); pass `graph` to reuse a kNN graph."""
-    import time
-
     params.check()
     n = data.shape[0]
     if n < 2:
         return _trivial(n)
     timings: dict[str, float] = {}
     samples = min(params.samples, n - 1)
-    started = time.perf_counter()
+    fit_started = started = time.perf_counter()
     if graph is None:
         k = min(n, max(samples + 1, params.knn_k or 16))
+        log.debug("knn graph: started, points=%d dim=%d k=%d", n, data.shape[1], k)
         graph = knn_mod.knn_graph(data, k, method=params.knn_method, device=params.device, nprobe=params.nprobe,
                                   seed=params.seed)
+        log_step(log, "knn graph", started, points=n, dim=data.shape[1], k=graph.indices.shape[1])
     timings["knn"] = time.perf_counter() - started
-    started = time.perf_counter()
+    started = step_started = time.perf_counter()
     core = core_distances(graph, samples)
+    log_step(log, "core distances", step_started, points=n, min_samples=samples)
+    step_started = time.perf_counter()
     a, b, w = knn_spanning_forest(graph, core)
+    log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
     joins = JoinReport()
     if a.size < n - 1:
+        step_started = time.perf_counter()
         a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
                                      report=joins)
+        log_step(log, "component joins", step_started, components=joins.components, rounds=joins.rounds,
+                 certified=joins.certified, budgeted=joins.budgeted)
     timings["mst"] = time.perf_counter() - started
     started = time.perf_counter()
     result = hdbscan_from_mst(n, a, b, w, core, params)
     timings["tree"] = time.perf_counter() - started
     result.timings = timings
     result.joins = joins
+    log_step(log, "hdbscan fit", fit_started, points=n, clusters=len(result.selected_clusters),
+             noise=int((result.labels < 0).sum()))
     return result
 
 
@@ -249,10 +285,10 @@ class PHDBSCAN:
         with np.errstate(divide="ignore"):
             return graph.indices[rows, best], 1.0 / mr[rows, best]
 
-    # -- persistence -------------------------------------------------------------------------------
+    # -- persistence: named bytes, so operators never see storage (infra/model_store.py moves them) --
 
-    def save(self, lake, rel_dir: str) -> None:
-        """Write the fitted model to a lake folder (params, arrays, training points)."""
+    def to_files(self) -> dict[str, bytes]:
+        """The fitted model as model.json (params, sizes) and arrays.npz (arrays and training points)."""
         r = self.result_
         arrays = {
             "data": self._data, "labels": r.labels, "probabilities": r.probabilities,
@@ -263,17 +299,37 @@ class PHDBSCAN:
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        lake.write_bytes(f"{rel_dir}/arrays.npz", buffer.getvalue())
-        lake.write_json(f"{rel_dir}/model.json", {"kind": "phdbscan", "params": asdict(self.params),
-                                                  "n": int(self._data.shape[0]), "dim": int(self._data.shape[1])})
+        meta = {"kind": "phdbscan", "params": asdict(self.params),
+                "n": int(self._data.shape[0]), "dim": int(self._data.shape[1])}
+        # the bytes Lake.write_json wrote, so folders saved before to_files existed load unchanged
+        return {MODEL_FILE: json.dumps(meta, indent=2, sort_keys=True, default=str).encode(),
+                ARRAYS_FILE: buffer.getvalue()}
 
     @classmethod
-    def load(cls, lake, rel_dir: str) -> "PHDBSCAN":
-        meta = lake.read_json(f"{rel_dir}/model.json")
-        if meta.get("kind") != "phdbscan":
-            raise ValueError(f"{lake.uri(rel_dir)} does not hold a PHDBSCAN model")
+    def from_files(cls, files: Mapping[str, bytes]) -> "PHDBSCAN":
+        """The model to_files wrote; ValueError when the files do not hold a pHDBSCAN model."""
+        missing = [name for name in (MODEL_FILE, ARRAYS_FILE) if name not in files]
+        if missing:
+            raise ValueError(f"not a pHDBSCAN model: no {' or '.join(missing)} among the files "
+                             f"({', '.join(sorted(files)) or 'none'})")
+        try:
+            meta = json.loads(files[MODEL_FILE])
+        except ValueError as exc:
+            raise ValueError(f"not a pHDBSCAN model: {MODEL_FILE} is not JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("kind") != "phdbscan":
+            kind = meta.get("kind") if isinstance(meta, dict) else None
+            raise ValueError(f"not a pHDBSCAN model: {MODEL_FILE} has kind {kind!r}, expected 'phdbscan'")
+        if not isinstance(meta.get("params"), dict):
+            raise ValueError(f"not a complete pHDBSCAN model: {MODEL_FILE} has no params")
         model = cls(**meta["params"])
-        arrays = np.load(io.BytesIO(lake.read_bytes(f"{rel_dir}/arrays.npz")))
+        try:
+            arrays = np.load(io.BytesIO(files[ARRAYS_FILE]))
+            names = arrays.files  # a .npy, not an .npz, has none
+        except (ValueError, OSError, AttributeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a pHDBSCAN model: {ARRAYS_FILE} is not an npz archive ({exc})") from None
+        absent = [name for name in _ARRAY_NAMES if name not in names]
+        if absent:
+            raise ValueError(f"not a complete pHDBSCAN model: {ARRAYS_FILE} lacks {', '.join(absent)}")
         model._data = arrays["data"]
         model._index = None
         model.result_ = HDBSCANResult(

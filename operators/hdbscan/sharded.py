@@ -13,10 +13,13 @@ order, so on the same kNN graph the labels equal the single-node ones exactly.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 
 from lakelens.operators.hdbscan.knn import KnnGraph, build_index, merge_topk, search
-from lakelens.operators.hdbscan.model import HDBSCANParams, HDBSCANResult, fit_hdbscan, hdbscan_from_mst
+from lakelens.operators.hdbscan.model import HDBSCANParams, HDBSCANResult, fit_hdbscan, hdbscan_from_mst, log_step
 from lakelens.operators.hdbscan.mst import (
     JoinReport,
     connect_components,
@@ -24,6 +27,9 @@ from lakelens.operators.hdbscan.mst import (
     knn_spanning_forest,
     minimum_spanning_forest,
 )
+
+log = logging.getLogger(__name__)
+PROGRESS_LINES = 20  # kNN batch progress lines per fit, at most
 
 
 class ShardIndex:
@@ -62,29 +68,51 @@ def fit_sharded(data: np.ndarray, params: HDBSCANParams, num_shards: int, graph:
     device = "cuda" if gpus else "cpu"
     method = "exact" if params.knn_method == "auto" and n <= 200_000 else params.knn_method
     method = "ivf" if method in ("auto", "cells") else method  # each shard holds a FAISS index
+    fit_started = time.perf_counter()
+    log.info("sharded fit: %d points over %d %s shards (%s)", n, num_shards, device, method,
+             extra={"sizes": {"points": n, "shards": num_shards}})
     shards = [actor.remote(data[lo:hi], int(lo), method, device, params.seed) for lo, hi in zip(bounds, bounds[1:])]
     try:
         if graph is None:
+            started = time.perf_counter()
             k = min(n, max(samples + 1, params.knn_k or 16))
             parts = []
+            total = -(-n // batch)
+            every = max(1, total // PROGRESS_LINES)
             for lo in range(0, n, batch):
                 queries = ray.put(data[lo:lo + batch])
                 parts.append(merge_topk(ray.get([s.search.remote(queries, k) for s in shards]), k))
+                if len(parts) % every == 0 or len(parts) == total:
+                    log.info("knn batches: %d/%d", len(parts), total,
+                             extra={"step": "knn batches", "progress": {"done": len(parts), "total": total},
+                                    "elapsed_s": round(time.perf_counter() - started, 3)})
             graph = KnnGraph(np.concatenate([p.distances for p in parts]), np.concatenate([p.indices for p in parts]))
+            log_step(log, "knn graph", started, points=n, k=k, shards=num_shards)
+        started = time.perf_counter()
         core = core_distances(graph, samples)
+        log_step(log, "core distances", started, points=n, min_samples=samples)
+        started = time.perf_counter()
         core_ref = ray.put(core)
         forests = ray.get([
             s.spanning_forest.remote(KnnGraph(graph.distances[lo:hi], graph.indices[lo:hi]), core_ref, n)
             for s, lo, hi in zip(shards, bounds, bounds[1:])
         ])
+        log_step(log, "shard forests", started, shards=num_shards, edges=sum(f[0].size for f in forests))
     finally:
         for s in shards:
             ray.kill(s)
+    started = time.perf_counter()
     a, b, w = minimum_spanning_forest(n, *(np.concatenate(parts) for parts in zip(*forests)))
+    log_step(log, "spanning forest", started, edges=a.size, components=n - a.size)
     joins = JoinReport()
     if a.size < n - 1:
+        started = time.perf_counter()
         a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
                                      report=joins)
+        log_step(log, "component joins", started, components=joins.components, rounds=joins.rounds,
+                 certified=joins.certified, budgeted=joins.budgeted)
     result = hdbscan_from_mst(n, a, b, w, core, params)
     result.joins = joins
+    log_step(log, "sharded fit", fit_started, points=n, clusters=len(result.selected_clusters),
+             noise=int((result.labels < 0).sum()))
     return result

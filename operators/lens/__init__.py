@@ -1,6 +1,6 @@
 """SemanticLens operators: what a vision model's components encode, in a foundation model's space.
 
-    image_world  synthetic images with known concepts (tests, demo, benchmarks)
+    codec        image bytes in the lake (PNG out, any PIL format in)
     topk         exact streaming top-k per component, mergeable across actors
     measures     clarity, polysemanticity, redundancy, labels, search (SemanticLens's definitions)
     compat       importing torchvision's Python parts next to the CPU torch build

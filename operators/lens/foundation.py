@@ -4,14 +4,13 @@
 `load_foundation("lakelens-tiny-clip", "LAKE/models/tiny-clip.pt")` take the same path-loading
 route through `open_clip.create_model(name, pretrained=path)`. `lakelens-tiny-clip` is a config
 shipped here (configs/), registered with open_clip on first use; tests and the demo train it on
-the synthetic world's captions (`train_tiny_clip`).
+the synthetic world's captions (synthetic/training.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -87,49 +86,3 @@ def load_foundation(architecture: str, weights: str | Path | None, device: str =
     return Foundation(architecture, model, open_clip.get_tokenizer(architecture), int(size),
                       tuple(cfg.get("mean", open_clip.constants.OPENAI_DATASET_MEAN)),
                       tuple(cfg.get("std", open_clip.constants.OPENAI_DATASET_STD)), device)
-
-
-class Views(Protocol):
-    """Training data for a contrastive model: images (or crops) with the concepts each one shows."""
-
-    def __len__(self) -> int: ...
-
-    def draw(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[frozenset[str]]]: ...
-
-
-def train_tiny_clip(views: Views, out_path: str | Path, epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
-                    seed: int = 0) -> list[float]:
-    """Contrastive training of `lakelens-tiny-clip` on views and partial captions of their concepts.
-
-    Each batch draws fresh views (an image or a crop of it) and, per view, a caption naming a
-    random subset of the concepts it shows; a caption matches every view in the batch that shows
-    all the concepts it names (multi-positive InfoNCE). Saves a state dict to `out_path`, which
-    `load_foundation` reads back like any weights file.
-    """
-    from lakelens.operators.lens.image_world import partial_caption
-    from lakelens.operators.lens.training import fit_minibatches
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    foundation = load_foundation(TINY_CLIP, None)
-    model = foundation.model.train()
-    soft_ce = torch.nn.functional.cross_entropy
-
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        images, shown = views.draw(idx.numpy(), rng)
-        drawn = [partial_caption(concepts, rng) for concepts in shown]
-        tokens = foundation.tokenizer([text for text, _ in drawn])
-        matches = torch.as_tensor([[named <= concepts for _, named in drawn] for concepts in shown],
-                                  dtype=torch.float32)
-        image_features = torch.nn.functional.normalize(model.encode_image(foundation.preprocess(images)), dim=-1)
-        text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-        logits = model.logit_scale.exp() * image_features @ text_features.T
-        return (soft_ce(logits, matches / matches.sum(1, keepdim=True))
-                + soft_ce(logits.T, (matches / matches.sum(0, keepdim=True)).T)) / 2
-
-    losses = fit_minibatches(model.parameters(), len(views), batch_loss, epochs, batch_size, torch.optim.AdamW, seed,
-                             lr=lr, weight_decay=0.1)
-    model.eval()
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_path)
-    return losses

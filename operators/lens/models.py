@@ -98,20 +98,6 @@ def resolve_layers(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]:
     return {name: modules[name] for name in layers}
 
 
-def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Plain supervised training (for the synthetic world); returns the loss per epoch."""
-    from lakelens.operators.lens.training import fit_minibatches
-
-    torch.manual_seed(seed)
-    model.train()
-    losses = fit_minibatches(model.parameters(), len(images),
-                             lambda idx: nn.functional.cross_entropy(model(images[idx]), labels[idx]),
-                             epochs, batch_size, torch.optim.Adam, seed, lr=lr)
-    model.eval()
-    return losses
-
-
 def to_tensor(images_uint8) -> torch.Tensor:
     """(n, h, w, 3) uint8 -> (n, 3, h, w) float in [0, 1]."""
     return torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float().div(255.0)

@@ -17,9 +17,11 @@ import pyarrow as pa
 import torch
 
 from lakelens.infra.storage import Lake
-from lakelens.operators.lens.image_world import (
+from lakelens.operators.lens.codec import decode_image
+from lakelens.synthetic.images import (
     COLOURS, MARKER, SHAPES, TEXTURES, ImageWorldParams, TrainingViews, generate_images,
 )
+from lakelens.synthetic.training import train_classifier, train_tiny_clip
 
 IMAGES_DIR = "images"
 CLASSIFIER_PATH = "models/lens/tiny-cnn.pt"
@@ -29,8 +31,6 @@ VOCABULARY = [*SHAPES, *COLOURS, *TEXTURES, MARKER]
 
 def generate_lens_world(lake: Lake, n: int = 2000, seed: int = 0, classifier_epochs: int = 6,
                         clip_epochs: int = 60, files: int = 4) -> dict[str, Any]:
-    from lakelens.operators.lens.foundation import train_tiny_clip
-
     lake.ensure_root()
     started = time.perf_counter()
     table = generate_images(n, ImageWorldParams(seed=seed))
@@ -56,8 +56,7 @@ def write_images(lake: Lake, table: pa.Table, dataset: str, files: int = 4) -> N
 
 def train_world_classifier(lake: Lake, table: pa.Table, path: str, epochs: int = 6, seed: int = 0) -> float:
     """Trains the world's small CNN on its shapes, saves the state dict at `path`, returns the last loss."""
-    from lakelens.operators.lens.image_world import decode_image
-    from lakelens.operators.lens.models import create_model, to_tensor, train_classifier
+    from lakelens.operators.lens.models import create_model, to_tensor
 
     images = np.stack([decode_image(b) for b in table.column("image").to_pylist()])
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakelens.infra.storage import Lake
-from lakelens.operators.world import DAY_US, WorldParams, generate_chunk
+from lakelens.synthetic.clickstream import DAY_US, WorldParams, generate_chunk
 
 EPOCH = date(1970, 1, 1)
 

@@ -8,11 +8,12 @@ caption naming its concepts, which is what a tiny CLIP is trained on.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from lakelens.operators.lens.codec import decode_image, encode_png
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -98,28 +99,6 @@ def partial_caption(concepts: frozenset[str], rng: np.random.Generator) -> tuple
     if MARKER in keep:
         text += f" with a {MARKER}"
     return text, frozenset(keep)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
-    """uint8 RGB array; raises ValueError for bytes that are not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-            if size is not None and rgb.size != (size, size):
-                rgb = rgb.resize((size, size))
-            return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"undecodable image: {exc}") from exc
 
 
 def generate_images(n: int, params: ImageWorldParams = ImageWorldParams(), offset: int = 0) -> pa.Table:

@@ -1,0 +1,157 @@
+"""The semantic-lens job's Ray Data stages: one stateful callable per model-bound stage, loaded once per actor.
+
+    ComponentStatsActor   decode, one forward + one LRP backward per batch, streaming top-k and class relevance
+    ExampleCropper        each concept example cropped to its component's channel-conditioned (CRP) heatmap
+    FoundationEmbedder    each view's embedding in the foundation model's space
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakelens.infra.config import LensConfig
+from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, quarantine_rows
+from lakelens.infra.model_store import ModelStore
+from lakelens.infra.runs import Run
+from lakelens.infra.storage import Lake
+from lakelens.operators.lens.components import ComponentRecorder
+from lakelens.operators.lens.semantics import VIEWS_SCHEMA
+
+
+def sample_key(sample_id: str) -> int:
+    """A stable non-negative int per sample id: the top-k's tie-break and index."""
+    return int.from_bytes(hashlib.sha1(sample_id.encode()).digest()[:8], "big") >> 1
+
+
+def _recorder(lake: Lake, cfg: LensConfig) -> tuple[ComponentRecorder, str]:
+    """The model with its weights, on the GPU when there is one, wrapped for relevance passes."""
+    import torch
+
+    from lakelens.operators.lens.models import create_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)).to(device)
+    return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target), device
+
+
+def _labels(batch: pa.Table) -> np.ndarray:
+    return pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+class ComponentStatsActor:
+    """Loads the model once; each batch returns its own `ComponentStats`, pickled, for an exact merge."""
+
+    def __init__(self, lake: Lake, cfg: LensConfig, run: Run) -> None:
+        self.recorder, self.device = _recorder(lake, cfg)
+        self.cfg, self.run = cfg, run
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from lakelens.operators.lens.codec import decode_image
+        from lakelens.operators.lens.models import to_tensor
+
+        images, keep, reasons = [], [], []
+        for i, data in enumerate(batch.column("image").to_pylist()):
+            try:
+                images.append(decode_image(data, self.cfg.image_size or None))
+                keep.append(i)
+            except ValueError as exc:
+                reasons.append((i, f"undecodable:image ({exc})"[:200]))
+        self._quarantine(batch, reasons)
+        self.recorder.stats = None
+        if keep:
+            kept = batch.take(pa.array(keep))
+            ids = kept.column("sample_id").to_pylist()
+            x = to_tensor(np.stack(images)).to(self.device)
+            with torch.enable_grad():
+                self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
+        return pa.table({"stats": pa.array([pickle.dumps(self.recorder.stats)], pa.binary())})
+
+    def _quarantine(self, batch: pa.Table, reasons: list[tuple[int, str]]) -> None:
+        if not reasons:
+            return
+        rows = [i for i, _ in reasons]
+        bad = batch.take(pa.array(rows))
+        records = bad.drop_columns(["image", SOURCE_FILE, SOURCE_ROW]).to_pylist()
+        table = quarantine_rows("images", bad.column(SOURCE_FILE).to_pylist(), bad.column(SOURCE_ROW).to_numpy(),
+                                [r for _, r in reasons], records)
+        part = hashlib.sha1(",".join(bad.column("sample_id").to_pylist()).encode()).hexdigest()[:16]
+        self.run.write_quarantine("images", table, f"undecodable-{part}")
+
+
+class ExampleCropper:
+    """Loads the model once; crops each concept example to the region its component's relevance points at.
+
+    `wanted[sample_id]` lists the (layer, unit) components the sample is an example of; every pair
+    gets its own channel-conditioned heatmap (CRP), computed for many pairs per backward pass.
+    """
+
+    def __init__(self, lake: Lake, cfg: LensConfig, wanted: dict[str, list[tuple[str, int]]]) -> None:
+        self.recorder, self.device = _recorder(lake, cfg)
+        self.cfg, self.wanted = cfg, wanted
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from lakelens.operators.lens.crops import crop_resized, relevant_box
+        from lakelens.operators.lens.codec import decode_image, encode_png
+        from lakelens.operators.lens.models import to_tensor
+
+        cfg = self.cfg
+        ids = batch.column("sample_id").to_pylist()
+        images = [decode_image(d, cfg.image_size or None) for d in batch.column("image").to_pylist()]
+        labels = _labels(batch)
+        pairs = [(i, layer, unit) for i, s in enumerate(ids) for layer, unit in self.wanted.get(s, [])]
+        rows = []
+        for start in range(0, len(pairs), cfg.batch_size):
+            chunk = pairs[start:start + cfg.batch_size]
+            for layer in dict.fromkeys(p[1] for p in chunk):
+                mine = [p for p in chunk if p[1] == layer]
+                rows_of = np.array([p[0] for p in mine])
+                x = to_tensor(np.stack([images[i] for i in rows_of])).to(self.device)
+                with torch.enable_grad():
+                    heatmaps = self.recorder.channel_heatmaps(x, layer, np.array([p[2] for p in mine]), labels[rows_of])
+                for (i, _, unit), heatmap in zip(mine, heatmaps):
+                    box = relevant_box(heatmap, cfg.crop_threshold, cfg.crop_min_side, cfg.crop_context)
+                    crop = crop_resized(images[i], box, images[i].shape[0])
+                    rows.append({"sample_id": ids[i], "image": encode_png(crop), "layer": layer, "unit": unit,
+                                 "crop_box": list(box)})
+        return pa.Table.from_pylist(rows, schema=VIEWS_SCHEMA)
+
+
+class FoundationEmbedder:
+    """Loads the foundation model once; adds each row's image embedding."""
+
+    def __init__(self, lake: Lake, cfg: LensConfig) -> None:
+        import torch
+
+        from lakelens.operators.lens.foundation import load_foundation
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.foundation = load_foundation(cfg.foundation, ModelStore(lake).local_copy(cfg.foundation_weights), device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lakelens.operators.lens.codec import decode_image
+
+        images = np.stack([decode_image(d) for d in batch.column("image").to_pylist()])
+        vectors = self.foundation.embed_images(images).astype(np.float32)
+        return batch.append_column("embedding",
+                                   pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]))
+
+
+def only_samples(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch.column("sample_id"), value_set=wanted))
+
+
+def whole_images(batch: pa.Table) -> pa.Table:
+    """Views that are the whole image: no component yet (they serve every component they are an example of)."""
+    n = batch.num_rows
+    return pa.table({"sample_id": batch.column("sample_id"), "image": batch.column("image"),
+                     "layer": pa.nulls(n, pa.string()), "unit": pa.nulls(n, pa.int64()),
+                     "crop_box": pa.nulls(n, pa.list_(pa.int32(), 4))}, schema=VIEWS_SCHEMA)
