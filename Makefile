@@ -59,6 +59,7 @@ demo: setup
 	key=$$($(BIN)/lakelens sql --lake $(DEMO_LAKE) --raw -c "SELECT cluster_key FROM flagged_clusters WHERE partition = 'dt=$(DEMO_NEXT_DATE)' LIMIT 1"); \
 	  $(BIN)/lakelens review --lake $(DEMO_LAKE) --cluster-key $$key --verdict fraud --reviewer demo --comment "confirmed from the member click-streams"
 	$(BIN)/lakelens sql --lake $(DEMO_LAKE) -c "SELECT partition, cluster_key, size, lineage_status, latest_verdict, latest_reviewer FROM flagged_clusters"
+	$(BIN)/lakelens catalog export --lake $(DEMO_LAKE) --out $(DEMO_LAKE)/catalog.duckdb
 	@if [ "$(LENS)" = "1" ]; then \
 	  echo "--- semantic lens on the synthetic image world (skip with LENS=0)"; \
 	  $(BIN)/lakelens generate-images --out $(DEMO_LAKE) --n 1600 --seed 5 && \

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _common import PeakRSS, machine, stamp
 
-from lakelens.infra.runs import latest_per_partition, published_manifests
+from lakelens.infra.runs import visible_run
 from lakelens.infra.storage import Lake
 from lakelens.synthetic.truth import measure_detection
 
@@ -35,7 +35,7 @@ def lakelens(*args: str) -> float:
 
 
 def visible(lake: Lake, job: str, day: date) -> dict:
-    return next(m for m in latest_per_partition(published_manifests(lake, job)) if m["partition"] == f"dt={day}")
+    return visible_run(lake, job, f"dt={day}")
 
 
 def main() -> None:

@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
               cmd_generate_images, "lakelens generate-images --out /tmp/lake --n 1600 --seed 5")
     gi.add_argument("--out", required=True, help="lake root")
     gi.add_argument("--n", type=int, default=2000, help="images (default: 2000)")
-    gi.add_argument("--seed", type=int, default=0)
+    gi.add_argument("--seed", type=int, default=0, help="the world's random seed (default: 0)")
     gi.add_argument("--clip-epochs", type=int, default=60, help="tiny CLIP training epochs (default: 60)")
     gi.add_argument("--config-out", help="where to write the [lens] config for this world (default: LAKE/lens-world.toml)")
     gi.add_argument("--config", help="TOML config file ([storage] for S3)")

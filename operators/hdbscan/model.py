@@ -54,6 +54,19 @@ def log_step(logger: logging.Logger, step: str, started: float, **sizes: int) ->
     return elapsed
 
 
+def join_forest(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
+                params: HDBSCANParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, JoinReport]:
+    """Join a spanning forest's components into one tree (a no-op when it already spans every point)."""
+    joins = JoinReport()
+    if a.size < data.shape[0] - 1:
+        started = time.perf_counter()
+        a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
+                                     report=joins)
+        log_step(log, "component joins", started, components=joins.components, rounds=joins.rounds,
+                 certified=joins.certified, budgeted=joins.budgeted)
+    return a, b, w, joins
+
+
 @dataclass
 class HDBSCANParams:
     min_cluster_size: int = 5
@@ -170,13 +183,7 @@ def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph
     step_started = time.perf_counter()
     a, b, w = knn_spanning_forest(graph, core)
     log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
-    joins = JoinReport()
-    if a.size < n - 1:
-        step_started = time.perf_counter()
-        a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
-                                     report=joins)
-        log_step(log, "component joins", step_started, components=joins.components, rounds=joins.rounds,
-                 certified=joins.certified, budgeted=joins.budgeted)
+    a, b, w, joins = join_forest(data, core, a, b, w, params)
     timings["mst"] = time.perf_counter() - started
     started = time.perf_counter()
     result = hdbscan_from_mst(n, a, b, w, core, params)

@@ -19,10 +19,10 @@ import time
 import numpy as np
 
 from lakelens.operators.hdbscan.knn import KnnGraph, build_index, merge_topk, search
-from lakelens.operators.hdbscan.model import HDBSCANParams, HDBSCANResult, fit_hdbscan, hdbscan_from_mst, log_step
+from lakelens.operators.hdbscan.model import (
+    HDBSCANParams, HDBSCANResult, fit_hdbscan, hdbscan_from_mst, join_forest, log_step,
+)
 from lakelens.operators.hdbscan.mst import (
-    JoinReport,
-    connect_components,
     core_distances,
     knn_spanning_forest,
     minimum_spanning_forest,
@@ -104,13 +104,7 @@ def fit_sharded(data: np.ndarray, params: HDBSCANParams, num_shards: int, graph:
     started = time.perf_counter()
     a, b, w = minimum_spanning_forest(n, *(np.concatenate(parts) for parts in zip(*forests)))
     log_step(log, "spanning forest", started, edges=a.size, components=n - a.size)
-    joins = JoinReport()
-    if a.size < n - 1:
-        started = time.perf_counter()
-        a, b, w = connect_components(data, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
-                                     report=joins)
-        log_step(log, "component joins", started, components=joins.components, rounds=joins.rounds,
-                 certified=joins.certified, budgeted=joins.budgeted)
+    a, b, w, joins = join_forest(data, core, a, b, w, params)
     result = hdbscan_from_mst(n, a, b, w, core, params)
     result.joins = joins
     log_step(log, "sharded fit", fit_started, points=n, clusters=len(result.selected_clusters),
