@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = _add(config_sub, "show", "print the effective, validated config (defaults, then the file)", cmd_config_show,
                 "lakelens config show --config job.toml", json_help="print it as JSON instead of TOML")
     show.add_argument("--config", help="TOML config file")
+
+    from lakelens.serve.commands import add_commands as add_serve_commands  # `serve` and `users`
+    add_serve_commands(sub, _add, _lake_flags)
     return parser
 
 
