@@ -75,9 +75,25 @@ def _create_reviews_view(con, lake: Lake) -> None:
         con.unregister("_no_reviews")
 
 
+def _create_drift_view(con) -> None:
+    """Per published embed and behavior-clusters run: how far its data moved from the encoder's training data."""
+    con.execute("""CREATE OR REPLACE VIEW drift AS
+        SELECT run_id, job, partition, visible, committed_at,
+               CAST(metrics->'drift'->>'oov_share' AS DOUBLE) AS oov_share,
+               CAST(metrics->'drift'->'top_unseen_event_types' AS VARCHAR[]) AS top_unseen_event_types,
+               CAST(metrics->'drift'->>'embedding_shift' AS DOUBLE) AS embedding_shift,
+               CAST(metrics->'drift'->>'refused_share' AS DOUBLE) AS refused_share,
+               CAST(metrics->'drift'->>'retrain_recommended' AS BOOLEAN) AS retrain_recommended,
+               CAST(metrics->'drift'->'reasons' AS VARCHAR[]) AS reasons,
+               metrics->'drift'->>'model' AS model
+        FROM runs WHERE (metrics->'drift') IS NOT NULL ORDER BY partition, committed_at""")
+
+
 def _create_analyst_views(con) -> None:
     """Views and macros over the behaviour-clustering tables, for analysts and reviewers."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "runs" in tables:
+        _create_drift_view(con)
     if not {"clusters", "txn_clusters", "cluster_rules", "runs"} <= tables:
         return
     con.execute("""CREATE OR REPLACE VIEW latest_reviews AS
@@ -95,6 +111,13 @@ def _create_analyst_views(con) -> None:
     con.execute("""CREATE OR REPLACE VIEW rules AS
         SELECT r.*, c.size AS cluster_size, c.fraud_rate_lower AS cluster_fraud_rate_lower
         FROM cluster_rules r JOIN clusters c USING (run_id, cluster_key) ORDER BY r.rule_id""")
+    cluster_columns = {r[0] for r in con.execute("DESCRIBE clusters").fetchall()}
+    if "novelty" in cluster_columns:
+        # new or fast-growing clusters, labelled or not: those with no labels cannot be flagged from risk
+        con.execute("""CREATE OR REPLACE VIEW emerging_clusters AS
+            SELECT r.partition, c.*, v.verdict AS latest_verdict
+            FROM clusters c JOIN runs r USING (run_id) LEFT JOIN latest_reviews v USING (cluster_key)
+            WHERE c.emerging ORDER BY c.novelty DESC, c.size DESC""")
     if "clusters_all_runs" in tables:
         con.execute("""CREATE OR REPLACE VIEW cluster_history AS
             SELECT r.partition, r.committed_at, c.* FROM clusters_all_runs c JOIN runs r USING (run_id)
@@ -140,6 +163,7 @@ def _create_runs_table(con, every_run: list[dict[str, Any]], visible: list[dict[
             "output_rows": json.dumps({t: o["rows"] for t, o in m["outputs"].items()}, sort_keys=True),
             "quarantined_rows": sum(q["rows"] for q in m.get("quarantine", {}).values()),
             "timings_s": json.dumps(m["timings_s"], sort_keys=True),
+            "metrics": json.dumps(m.get("metrics", {}), sort_keys=True, default=str),
         }
         for m in every_run
     ]
@@ -148,7 +172,7 @@ def _create_runs_table(con, every_run: list[dict[str, Any]], visible: list[dict[
          ("status", pa.string()), ("visible", pa.bool_()), ("code_version", pa.string()),
          ("started_at", pa.string()), ("committed_at", pa.string()), ("params", pa.string()),
          ("input_rows", pa.string()), ("output_rows", pa.string()), ("quarantined_rows", pa.int64()),
-         ("timings_s", pa.string())]
+         ("timings_s", pa.string()), ("metrics", pa.string())]
     )
     runs = pa.Table.from_pylist(rows, schema=schema)
     con.register("_runs_arrow", runs)
@@ -156,7 +180,7 @@ def _create_runs_table(con, every_run: list[dict[str, Any]], visible: list[dict[
         "CREATE OR REPLACE TABLE runs AS SELECT * REPLACE (CAST(started_at AS TIMESTAMPTZ) AS started_at, "
         "CAST(committed_at AS TIMESTAMPTZ) AS committed_at, CAST(params AS JSON) AS params, "
         "CAST(input_rows AS JSON) AS input_rows, CAST(output_rows AS JSON) AS output_rows, "
-        "CAST(timings_s AS JSON) AS timings_s) FROM _runs_arrow"
+        "CAST(timings_s AS JSON) AS timings_s, CAST(metrics AS JSON) AS metrics) FROM _runs_arrow"
     )
     con.unregister("_runs_arrow")
 
@@ -282,6 +306,21 @@ def measure_rules(lake: Lake, transaction_paths: list[str], members_paths: list[
                         "coverage": in_cluster / cluster_size if cluster_size else 0.0, "support": matched,
                         "fraud_rate": rate, "lift": rate / base if base else 0.0}
     return out
+
+
+def event_type_counts(lake: Lake, sequence_paths: list[str]) -> dict[str, int]:
+    """How often each event type occurs in the given sequences files (one DuckDB scan)."""
+    if not sequence_paths:
+        return {}
+    con = lake.duckdb_connect()
+    try:
+        rows = con.execute(f"""SELECT event_type, count(*) FROM (
+            SELECT unnest(event_types) AS event_type FROM read_parquet({_uri_list(lake, sequence_paths)},
+                                                                       union_by_name = true))
+            GROUP BY ALL""").fetchall()
+    finally:
+        con.close()
+    return {str(t): int(c) for t, c in rows if t is not None}
 
 
 def _uri_list(lake: Lake, rel_paths: list[str]) -> str:

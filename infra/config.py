@@ -34,6 +34,9 @@ ShuffleStrategy = Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # operators.lens.components.COMPOSITES, listed here so that reading a config needs no torch
 Composite = Literal["epsilon-plus-flat", "epsilon-plus", "gradient"]
+# where a model-bound stage runs: "auto" takes the GPUs the cluster has when the stage starts (none: CPU);
+# "cuda" requires one (infra/devices.py), so a GPU job never silently runs on CPU; "cpu" never asks for one
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class ConfigError(ValueError):
@@ -76,6 +79,9 @@ class RayConfig:
     # Python log level inside Ray workers. Without the dashboard, Ray Train's placement-group
     # cleaner warns every second that it cannot query actor state; job errors still show.
     worker_log_level: LogLevel = "ERROR"
+    # a stage whose device is "cuda" waits this long for an autoscaler to bring up a GPU node before it
+    # fails (0: fail at once when no node has a GPU)
+    gpu_wait_s: NonNegInt = 0
 
 
 @dataclass(config=STRICT)
@@ -117,6 +123,7 @@ class EmbedConfig:
 
     batch_size: PosInt = 2048
     actors: NonNegInt = 0  # 0: one per GPU, else one per CPU left after reading
+    device: Device = "auto"
     top_events: PosInt = 5  # most-attended events kept per sequence
 
 
@@ -153,6 +160,11 @@ class ClusterConfig:
     lineage_min_overlap: Share = 0.3  # a Jaccard index
     lineage_max_centroid_distance: NonNegFloat = 0.25
     lineage_size_tolerance: NonNegFloat = 0.1  # a relative size change, may exceed 1
+    # incremental runs: a new transaction joins an existing cluster only when its predicted outlier
+    # score is within this quantile of the cluster's members' scores (operators/assignment.py)
+    join_quantile: Share = 0.95
+    # an incremental cluster counts as emerging when new, or grown by at least this factor
+    emerging_growth: Annotated[float, Field(ge=1)] = 1.5
 
 
 @dataclass(config=STRICT)
@@ -185,6 +197,7 @@ class LensConfig:
     target: Literal["predicted", "label"] = "predicted"
     batch_size: PosInt = 128
     actors: NonNegInt = 0  # 0: one per GPU, else one per CPU
+    device: Device = "auto"  # not part of the run id: the same work on another device
     # audits: per class name, the concepts the model should rely on and the ones it must not
     expected: dict[str, list[str]] = field(default_factory=dict)
     spurious: dict[str, list[str]] = field(default_factory=dict)
@@ -202,6 +215,16 @@ class CatalogConfig:
 
 
 @dataclass(config=STRICT)
+class DriftConfig:
+    """When today's data has moved away from what the encoder was trained on (operators/drift.py)."""
+
+    max_oov_share: Share = 0.05  # events whose type the encoder never saw
+    max_embedding_shift: Annotated[float, Field(gt=0)] = 1.5  # kNN distance to the training reference, as a ratio
+    max_refused_share: Share = 0.3  # new transactions the incremental gate refused
+    reference_sample: PosInt = 2000  # held-out embeddings stored with a trained encoder
+
+
+@dataclass(config=STRICT)
 class LakelensConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -211,6 +234,7 @@ class LakelensConfig:
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     lens: LensConfig = field(default_factory=LensConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "LakelensConfig":

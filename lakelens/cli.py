@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "lakelens config show --config job.toml", json_help="print it as JSON instead of TOML")
     show.add_argument("--config", help="TOML config file")
 
+    from lakelens.submission import add_submission_commands  # `submit` and `jobs`: the Ray Jobs API
+    add_submission_commands(sub)
+
     from lakelens.serve.commands import add_commands as add_serve_commands  # `serve` and `users`
     add_serve_commands(sub, _add, _lake_flags)
     return parser
@@ -381,11 +384,12 @@ def _exit_code(args: argparse.Namespace) -> int:
         log.error("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every error becomes an exit code and a message
-        cause = _root_cause(exc)
-        if isinstance(cause, (UnreadableInputError, InputError, ConfigError)):
-            _fail(cause)
+        bad_input = next((e for e in _chain(exc) if isinstance(e, (UnreadableInputError, InputError, ConfigError))), None)
+        if bad_input is not None:
+            _fail(bad_input)
             return EXIT_BAD_INPUT
         if failed_run_of(exc):
+            cause = _chain(exc)[-1]
             log.error("run failed: %s (%s); see its failure note under runs/<job>/_failed/", failed_run_of(exc),
                       f"{type(cause).__name__}: {cause}", exc_info=exc)
             return EXIT_RUN_FAILED
@@ -400,11 +404,11 @@ def _fail(exc: BaseException) -> None:
     print(f"lakelens: error: {exc}", file=sys.stderr)
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """Ray wraps task errors; the cause named by our own error types decides the exit code."""
-    seen = exc
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first (Ray wraps task errors in its own types)."""
+    chain = [exc]
     while True:
-        nxt = getattr(seen, "cause", None) or seen.__cause__
-        if nxt is None or nxt is seen:
-            return seen
-        seen = nxt
+        nxt = getattr(chain[-1], "cause", None) or chain[-1].__cause__
+        if nxt is None or any(nxt is seen for seen in chain):
+            return chain
+        chain.append(nxt)

@@ -1,8 +1,16 @@
-"""Daily incremental clustering: new points join existing clusters through pHDBSCAN predict, and
-what stays noise is clustered again so that emerging patterns surface without a full re-cluster.
+"""Daily incremental clustering: new points join existing clusters only when they fit them as well
+as the clusters' own members do; what stays noise is clustered again, so emerging patterns surface
+as new clusters without a full re-cluster.
 
 The models form a chain: the base model of the last full re-cluster, then one model per later
 run that found clusters among the noise. A point is offered to each model in order.
+
+The gate. pHDBSCAN's approximate predict (like hdbscan's) attaches a new point to the cluster of
+its nearest training point at the point's own density level; a big, loose cluster born at a low
+density then takes in whatever lands near it, however far it is from its members. So a predicted
+point joins only when its outlier score (GLOSH, predicted) is no higher than the `join_quantile`
+quantile of that cluster's members' own scores: it must sit as deep in the cluster as its members
+do. Refused points go to the noise pool.
 """
 
 from __future__ import annotations
@@ -29,18 +37,35 @@ class Assignment:
     probabilities: np.ndarray
     outlier_scores: np.ndarray
     persistence: dict[str, float]  # per key, from the model that owns it
+    refused: np.ndarray | None = None  # bool: predicted into a cluster, but less typical than its members
 
     @property
     def noise(self) -> np.ndarray:
         return np.array([k is None for k in self.keys], dtype=bool)
 
 
-def assign_to_chain(features: np.ndarray, chain: list[KeyedModel]) -> Assignment:
-    """Offer every point to each model in turn; the first model that does not call it noise keeps it."""
+def member_score_limits(model: PHDBSCAN, quantile: float) -> np.ndarray:
+    """Per cluster label: the `quantile` of its training members' outlier scores (the gate's bar)."""
+    labels, scores = model.labels_, model.outlier_scores_
+    count = int(labels.max()) + 1 if labels.size else 0
+    limits = np.zeros(count)
+    for label in range(count):
+        mine = scores[labels == label]
+        limits[label] = np.quantile(mine, quantile) if mine.size else 0.0
+    return limits
+
+
+def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile: float = 1.0) -> Assignment:
+    """Offer every point to each model in turn; the first model whose cluster it fits keeps it.
+
+    A point predicted into a cluster but more outlying than `join_quantile` of the cluster's members
+    is refused by that model (see the module's note) and offered to the next one.
+    """
     n = features.shape[0]
     keys = np.full(n, None, dtype=object)
     probabilities = np.zeros(n)
     outlier_scores = np.ones(n)
+    refused = np.zeros(n, dtype=bool)
     persistence: dict[str, float] = {}
     todo = np.arange(n)
     for link in chain:
@@ -48,7 +73,11 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel]) -> Assignment
         if todo.size == 0:
             continue
         labels, probs, scores = link.model.predict_with_scores(features[todo])
-        joined = labels >= 0
+        predicted = labels >= 0
+        limits = member_score_limits(link.model, join_quantile)
+        joined = predicted.copy()
+        joined[predicted] = scores[predicted] <= limits[labels[predicted]]
+        refused[todo[predicted & ~joined]] = True
         rows = todo[joined]
         keys[rows] = [link.keys[int(label)] for label in labels[joined]]
         probabilities[rows] = probs[joined]
@@ -56,7 +85,8 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel]) -> Assignment
         todo = todo[~joined]
         # noise stays as outlying as the least surprised model found it
         outlier_scores[todo] = np.minimum(outlier_scores[todo], scores[~joined])
-    return Assignment(keys, probabilities, outlier_scores, persistence)
+    refused &= np.array([k is None for k in keys], dtype=bool)  # a later model of the chain may have taken it
+    return Assignment(keys, probabilities, outlier_scores, persistence, refused)
 
 
 def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,

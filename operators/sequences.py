@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakelens.infra.contracts import TIMESTAMP
+from lakelens.operators.timing import TIMING_COLUMNS, session_timing
 
 SEQUENCE_SCHEMA = pa.schema(
     [
@@ -26,6 +27,8 @@ SEQUENCE_SCHEMA = pa.schema(
         ("log_gap_prev_s", pa.list_(pa.float32())),  # log1p(seconds since the previous event in the sequence)
         ("log_time_to_txn_s", pa.list_(pa.float32())),  # log1p(seconds from the event to the transaction)
         ("dwell_ms", pa.list_(pa.int64())),
+        # the regularity of the session leading to the transaction (operators/timing.py)
+        *[(name, pa.float32()) for name in TIMING_COLUMNS],
     ]
 )
 
@@ -79,6 +82,10 @@ def build_sequences(
     to_txn = (np.repeat(tx_ts, length) - ev_ts[idx]) / 1e6
 
     take_arr = pa.array(take, pa.int64())
+    log_gap = np.log1p(gap_prev).astype(np.float32)
+    dwell = _flat(events, "dwell_ms").take(take_arr)
+    dwell_s = np.maximum(pc.fill_null(dwell, 0).to_numpy(zero_copy_only=False).astype(np.float64), 0) / 1000.0
+    timing = session_timing(log_gap, np.log1p(dwell_s), dwell.is_null().to_numpy(zero_copy_only=False), offsets)
     list_of = lambda values: pa.ListArray.from_arrays(pa.array(offsets), values)  # noqa: E731
     return pa.table(
         {
@@ -92,9 +99,10 @@ def build_sequences(
             "is_empty": pa.array(length == 0),
             "event_ids": list_of(_flat(events, "event_id").take(take_arr)),
             "event_types": list_of(_flat(events, "event_type").take(take_arr)),
-            "log_gap_prev_s": list_of(pa.array(np.log1p(gap_prev).astype(np.float32))),
+            "log_gap_prev_s": list_of(pa.array(log_gap)),
             "log_time_to_txn_s": list_of(pa.array(np.log1p(np.maximum(to_txn, 0)).astype(np.float32))),
-            "dwell_ms": list_of(_flat(events, "dwell_ms").take(take_arr)),
+            "dwell_ms": list_of(dwell),
+            **{name: pa.array(timing[:, i]) for i, name in enumerate(TIMING_COLUMNS)},
         },
         schema=SEQUENCE_SCHEMA,
     )

@@ -41,13 +41,14 @@ from lakelens.operators.assignment import Assignment, KeyedModel, assign_to_chai
 from lakelens.operators.cluster_tables import (
     CLUSTERS_SCHEMA, RULES_SCHEMA, cluster_keys, clusters_table, rules_table, txn_clusters_schema,
 )
+from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features
 from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.lineage import GONE, LineageParams, centroids, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
 from lakelens.operators.rules import RuleSearch, candidate_predicates, induce_rules
 from lakelens.pipelines.build_sequences import run_build_sequences
-from lakelens.pipelines.embed import TABLE as EMBEDDINGS, run_embed
+from lakelens.pipelines.embed import TABLE as EMBEDDINGS, run_embed, with_advice
 
 JOB = "behavior-clusters"
 FULL, INCREMENTAL = "full", "incremental"
@@ -102,7 +103,8 @@ def plan_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, full: 
     inputs += describe_inputs(lake, "transactions", [f"transactions/dt={d}" for d in days])
     model = embed_runs[-1]["params"]["model"]
     name, version = model.split("/", 1)
-    embedding_dim = ModelStore(lake).card(name, version)["architecture"]["embedding_dim"]
+    encoder = ModelStore(lake).load(name, version, LoadedEncoder)
+    embedding_dim = encoder.card["architecture"]["embedding_dim"]
     states = ClusteringStateStore(lake)
     previous = states.previous_run(JOB, day)
     fingerprint = clustering_fingerprint(cfg, model)
@@ -115,7 +117,13 @@ def plan_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, full: 
         run.metrics["mode"] = {"mode": mode, "reason": reason}
         log.info("%s run for %s: %s", mode, day, reason)
         ClusteringRun(run, cfg, states, fingerprint, previous, continues=mode == INCREMENTAL,
-                      embedding_dim=embedding_dim).compute()
+                      embedding_dim=embedding_dim, known_event_types=set(encoder.vocabulary.tokens)).compute()
+        # the day's drift: the embed run's measures, and how many new transactions fit no cluster
+        assignment = run.metrics["assignment"]
+        refused = assignment.get("refused_by_gate", 0) / assignment["new"] if assignment.get("new") else None
+        run.metrics["drift"] = with_advice({**{k: v for k, v in embed_runs[-1]["metrics"].get("drift", {}).items()
+                                               if k not in ("retrain_recommended", "reasons")},
+                                            "refused_share": refused}, config.drift)
 
     def describe(m: dict[str, Any]) -> str:
         c = m["metrics"]["clusters"]
@@ -143,6 +151,7 @@ class ClusteringRun:
     previous: PreviousRun | None
     continues: bool
     embedding_dim: int
+    known_event_types: set[str]
 
     def compute(self) -> None:
         run, cfg = self.run, self.cfg
@@ -170,11 +179,12 @@ class ClusteringRun:
             }, schema=txn_clusters_schema(self.embedding_dim)))
         with run.stage("rules"):
             rules = self._rules(txns, labels, risk, keys)
+        means = centroids(features, labels)
         clusters = clusters_table(run.run_id, risk, keys, labels, embeddings.column("top_events"), rules,
-                                  self._previous_sizes(), cfg.lineage_size_tolerance)
+                                  self._previous_sizes(), cfg.lineage_size_tolerance, self._novelty(means),
+                                  assignment.outlier_scores, self.known_event_types, cfg.emerging_growth)
         run.write_table("clusters", clusters)
         run.write_table("cluster_rules", rules)
-        means = centroids(features, labels)
         self.states.save(run, {"fingerprint": self.fingerprint, "encoder": encoder.to_dict(), "chain": chain,
                                "base_day": self.previous.state["base_day"] if self.continues else run.params["date"]},
                          {keys[c]: v for c, v in means.items()}, features.shape[1])
@@ -250,7 +260,7 @@ class ClusteringRun:
         probabilities[carried] = before.column("probability").to_numpy()[at]
         outlier_scores[carried] = before.column("outlier_score").to_numpy()[at]
         new = np.flatnonzero(~carried)
-        predicted = assign_to_chain(features[new], chain)
+        predicted = assign_to_chain(features[new], chain, self.cfg.join_quantile)
         keys[new], probabilities[new], outlier_scores[new] = (predicted.keys, predicted.probabilities,
                                                                predicted.outlier_scores)
         assignment = Assignment(keys, probabilities, outlier_scores, predicted.persistence)
@@ -259,11 +269,16 @@ class ClusteringRun:
                                  lambda rows, labels: cluster_keys(ids.take(pa.array(rows)), labels, run.partition))
         if emerging is not None:
             chain_refs.append(self.states.save_model(run, "model-emerging", emerging.model, emerging.keys))
+        emerging_sizes = ({key: int((keys == key).sum()) for key in emerging.keys.values()} if emerging else {})
         run.metrics["assignment"] = {
             "carried": int(carried.sum()), "new": int(new.size), "joined_existing": int((~predicted.noise).sum()),
-            "noise_pool": pool, "emerging_clusters": len(emerging.keys) if emerging else 0,
-            "emerging_members": pool - int(assignment.noise.sum()),
+            "refused_by_gate": int(predicted.refused.sum()), "noise_pool": pool,
+            "emerging_clusters": len(emerging_sizes), "emerging_members": pool - int(assignment.noise.sum()),
+            "emerging_sizes": emerging_sizes,
         }
+        log.info("incremental: %d new transactions, %d joined existing clusters, %d refused by the gate; "
+                 "noise pool %d -> %d emerging clusters %s", new.size, int((~predicted.noise).sum()),
+                 int(predicted.refused.sum()), pool, len(emerging_sizes), emerging_sizes)
         return assignment, chain_refs
 
     def _risk(self, txns: pa.Table, labels: np.ndarray, assignment: Assignment, keys: dict[int, str]) -> pa.Table:
@@ -294,6 +309,14 @@ class ClusteringRun:
                                  [e.path for e in run.lake.list_files(run.table_dir("txn_clusters"), suffix=".parquet")],
                                  [(r["rule_id"], r["cluster_key"], r["rule"].sql()) for r in found])
         return rules_table(run.run_id, found, measured)
+
+    def _novelty(self, means: dict[int, np.ndarray]) -> dict[int, float]:
+        """Per cluster: the distance from its centroid to the nearest centroid of the previous run's clusters."""
+        before = self.states.centroids(self.previous) if self.previous is not None else {}
+        if not before:
+            return {}
+        previous = np.stack(list(before.values()))
+        return {c: float(np.sqrt(((previous - v) ** 2).sum(1)).min()) for c, v in means.items()}
 
     def _previous_sizes(self) -> dict[str, int]:
         if self.previous is None:

@@ -61,7 +61,7 @@ def plan_train_encoder(lake: Lake, days: list[date], config: LakelensConfig) -> 
         inputs += published_output(lake, "build-sequences", f"dt={day}", "sequences")[1]
     version = _version(cfg, inputs)
     return Job(JOB, f"model={cfg.model_name}", dataclasses.asdict(cfg), inputs,
-               compute=lambda run: _train(run, cfg, version, days), run_id=version,
+               compute=lambda run: _train(run, cfg, version, days, config.drift.reference_sample), run_id=version,
                describe=lambda m: f"model {cfg.model_name}/{version}: best epoch {m['metrics']['model']['best_epoch']}"
                                   f" of {m['metrics']['model']['epochs_run']}, held-out loss "
                                   f"{m['metrics']['model']['best_valid_loss']:.4f}")
@@ -74,7 +74,7 @@ def run_train_encoder(lake: Lake, days: list[date], config: LakelensConfig, forc
     return ModelStore(lake).card(config.encoder.model_name, job.run_id)
 
 
-def _train(run: Run, cfg: EncoderConfig, version: str, days: list[date]) -> None:
+def _train(run: Run, cfg: EncoderConfig, version: str, days: list[date], reference_size: int) -> None:
     import ray.train
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
@@ -125,6 +125,8 @@ def _train(run: Run, cfg: EncoderConfig, version: str, days: list[date]) -> None
             report = json.load(handle)
     encoder = create_encoder(architecture)
     encoder.load_state_dict(state)
+    with run.stage("reference"):
+        reference = reference_embeddings(encoder.eval(), vocabulary, valid_ds, cfg.max_len, reference_size)
     card = {
         "job": JOB,
         "code_version": code_version(),
@@ -143,7 +145,8 @@ def _train(run: Run, cfg: EncoderConfig, version: str, days: list[date]) -> None
         "workers": workers,
     }
     # the model's own commit (its card) lands before the run's manifest names it
-    ModelStore(lake).save(cfg.model_name, version, LoadedEncoder(encoder, vocabulary), card)
+    card["drift_reference"] = {"sequences": int(reference.shape[0]), "source": "held-out users"}
+    ModelStore(lake).save(cfg.model_name, version, LoadedEncoder(encoder, vocabulary, reference=reference), card)
     run.metrics["model"] = {"name": cfg.model_name, "version": version, "dir": model_dir(cfg.model_name, version),
                             **card["metrics"]}
 
@@ -181,6 +184,19 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 json.dump(report, handle)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({"best_valid_loss": result.best_valid_loss}, checkpoint=checkpoint)
+
+
+def reference_embeddings(encoder, vocabulary: EventVocabulary, valid_ds, max_len: int, size: int) -> np.ndarray:
+    """Embeddings of up to `size` held-out sequences (by transaction id): the drift reference stored with the model."""
+    import torch
+
+    from lakelens.operators.encoder.batching import pad_sequences
+
+    table = collect_table(valid_ds, TRAIN_SCHEMA).sort_by("transaction_id").slice(0, size)
+    padded = pad_sequences(table, vocabulary, max_len)
+    with torch.inference_mode():
+        out = encoder(*(torch.from_numpy(a) for a in (padded.tokens, padded.times, padded.lengths, padded.session)))
+    return out.embedding.numpy().astype(np.float32)
 
 
 def _worker_share(shard, rank: int, world: int) -> pa.Table:

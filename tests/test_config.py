@@ -219,7 +219,7 @@ def test_constructing_or_replacing_with_a_bad_value_raises():
 def test_sections_stay_plain_dataclasses():
     config = LakelensConfig()
     assert [f.name for f in dataclasses.fields(config)] == [
-        "storage", "ray", "sequences", "encoder", "embed", "clusters", "lens", "catalog"]
+        "storage", "ray", "sequences", "encoder", "embed", "clusters", "lens", "catalog", "drift"]
     assert vars(config.clusters) == config.to_dict()["clusters"]
     replaced = dataclasses.replace(config, clusters=dataclasses.replace(config.clusters, expert_weight=0.0))
     assert replaced.clusters.expert_weight == 0.0 and config.clusters.expert_weight == 0.25

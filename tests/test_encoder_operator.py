@@ -21,6 +21,7 @@ from lakelens.operators.encoder.training import TrainingParams, fit_encoder
 from lakelens.operators.encoder.vocabulary import MASK_ID, OOV_ID, PAD_ID, EventVocabulary, count_event_types
 from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec
 from lakelens.operators.sequences import SEQUENCE_SCHEMA
+from lakelens.operators.timing import TIMING_COLUMNS
 
 
 def sequences_table(rows: list[list[str]], seed: int = 0) -> pa.Table:
@@ -50,6 +51,7 @@ def sequences_table(rows: list[list[str]], seed: int = 0) -> pa.Table:
         "log_gap_prev_s": pa.array(gaps, pa.list_(pa.float32())),
         "log_time_to_txn_s": pa.array(to_txn, pa.list_(pa.float32())),
         "dwell_ms": pa.array(dwell, pa.list_(pa.int64())),
+        **{name: pa.array([0.0] * n, pa.float32()) for name in TIMING_COLUMNS},  # what pad_sequences recomputes
     }, schema=SEQUENCE_SCHEMA)
 
 
@@ -205,7 +207,8 @@ def test_training_separates_two_planted_patterns():
                 TrainingParams(epochs=8, batch_size=32, learning_rate=4e-3))
     encoder.eval()
     with torch.no_grad():
-        out = encoder(torch.from_numpy(data.tokens), torch.from_numpy(data.times), torch.from_numpy(data.lengths))
+        out = encoder(torch.from_numpy(data.tokens), torch.from_numpy(data.times), torch.from_numpy(data.lengths),
+                      torch.from_numpy(data.session))
     assert knn_purity(out.embedding.numpy(), labels, k=10) >= 0.95
 
 
@@ -293,3 +296,34 @@ def test_embedder_returns_unit_embeddings_and_the_most_attended_events_heaviest_
         assert event["event_type"] == table.column("event_types")[0].as_py()[event["position"]]
     assert top[1][0] == {"position": 0, "event_id": "e1-0", "event_type": "place_order", "weight": 1.0}
     assert math.isclose(sum(e["weight"] for e in top[0]) <= 1.0 + 1e-6, True)
+
+
+# -- session timing --
+
+def test_session_timing_tells_a_constant_pace_from_a_human_one_and_ignores_earlier_sessions():
+    from lakelens.operators.timing import session_timing
+
+    human = [0, 5, 30, 2, 60, 9]
+    bot = [0, 10, 10.1, 10, 9.95, 10]
+    earlier_then_bot = [0, 3, 250, 4000, 10, 10, 10]  # a long break: only the last session counts
+    gaps = np.log1p(np.array(human + bot + earlier_then_bot, dtype=np.float64))
+    dwell = np.log1p(np.array([1, 5, .2, 9, .3, 4] + [2, 2, 2.01, 1.99, 2, 2] + [9, .1, 3, 2, 2, 2, 2]))
+    offsets = np.array([0, 6, 12, 12, 19])
+    stats = session_timing(gaps, dwell, np.zeros(gaps.size, bool), offsets)
+    gap_std, dwell_std, same_gap, _ = stats.T
+    assert gap_std[1] < 0.01 < 0.5 < gap_std[0] and dwell_std[1] < 0.01 < 0.5 < dwell_std[0]
+    assert same_gap[1] == 1.0 and same_gap[0] == 0.0
+    assert stats[2].tolist() == [0, 0, 0, 0]  # an empty sequence
+    assert gap_std[3] < 0.01 and same_gap[3] == 1.0
+
+
+def test_an_encoder_with_session_timing_embeds_the_same_events_differently_at_a_constant_pace():
+    encoder = create_encoder(encoder_architecture("bilstm-32", len(VOCAB)), seed=1).eval()
+    padded = pad_sequences(sequences_table([["search", "view_item", "add_card", "place_order"]] * 2), VOCAB, 8)
+    tokens, times, lengths = (torch.from_numpy(a) for a in (padded.tokens, padded.times, padded.lengths))
+    human_then_script = torch.from_numpy(np.array([[1.0, 0.8, 0.0, -0.3], [0.0, 0.0, 1.0, 0.0]], np.float32))
+    with torch.no_grad():
+        out = encoder(tokens, times, lengths, human_then_script)
+        with pytest.raises(ValueError, match="session timing"):
+            encoder(tokens, times, lengths)
+    assert float(out.embedding[0] @ out.embedding[1]) < 0.999

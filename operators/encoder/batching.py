@@ -13,6 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakelens.operators.encoder.vocabulary import PAD_ID, EventVocabulary
+from lakelens.operators.timing import TIMING_COLUMNS, session_timing
+
+N_SESSION_FEATURES = len(TIMING_COLUMNS)
 
 # log1p(seconds) reaches ~11.4 for a day; dividing keeps the inputs near unit scale
 TIME_SCALE = 10.0
@@ -29,6 +32,7 @@ class PaddedSequences:
     lengths: np.ndarray  # int64 (n,)
     start: np.ndarray  # int64 (n,): index of the first kept event in the original list
     truncated: np.ndarray  # bool (n,): events were dropped to fit max_len
+    session: np.ndarray  # float32 (n, N_SESSION_FEATURES): the regularity of the kept events' last session
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -36,7 +40,7 @@ class PaddedSequences:
     def take(self, rows: np.ndarray) -> "PaddedSequences":
         width = max(int(self.lengths[rows].max(initial=0)), 1)
         return PaddedSequences(self.tokens[rows, :width], self.times[rows, :width], self.lengths[rows],
-                               self.start[rows], self.truncated[rows])
+                               self.start[rows], self.truncated[rows], self.session[rows])
 
 
 def pad_sequences(table: pa.Table, vocab: EventVocabulary, max_len: int) -> PaddedSequences:
@@ -71,7 +75,9 @@ def pad_sequences(table: pa.Table, vocab: EventVocabulary, max_len: int) -> Padd
     times[row, slot, 1] = to_txn[src] / TIME_SCALE
     times[row, slot, 2] = np.log1p(np.maximum(dwell[src], 0) / 1000.0) / TIME_SCALE
     times[row, slot, 3] = dwell_missing[src]
-    return PaddedSequences(tokens, times, lengths.astype(np.int64), start.astype(np.int64), full_len > max_len)
+    kept_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    session = session_timing(gap[src], np.log1p(np.maximum(dwell[src], 0) / 1000.0), dwell_missing[src], kept_offsets)
+    return PaddedSequences(tokens, times, lengths.astype(np.int64), start.astype(np.int64), full_len > max_len, session)
 
 
 def _flat_list(table: pa.Table, name: str) -> pa.ListArray:

@@ -2,6 +2,7 @@
 
     weights.pt        torch state dict (loads on CPU or GPU)
     vocabulary.json   the event-type vocabulary the weights were trained with
+    reference.npy     embeddings of held-out training sequences: the reference drift is measured against
     model.json        the model card (written by the model store, last)
 
 `LoadedEncoder.to_files()` and `LoadedEncoder.from_files(files, card)` are the whole format; the
@@ -15,12 +16,13 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from lakelens.operators.encoder.model import EncoderArchitecture, TimeAttentionBiLSTM
 from lakelens.operators.encoder.vocabulary import EventVocabulary
 
-WEIGHTS, VOCABULARY = "weights.pt", "vocabulary.json"
+WEIGHTS, VOCABULARY, REFERENCE = "weights.pt", "vocabulary.json", "reference.npy"
 
 
 class ModelMismatchError(ValueError):
@@ -32,6 +34,7 @@ class LoadedEncoder:
     encoder: TimeAttentionBiLSTM
     vocabulary: EventVocabulary
     card: dict[str, Any] = field(default_factory=dict)
+    reference: np.ndarray | None = None  # (m, embedding_dim) held-out embeddings; None in older models
 
     @property
     def version(self) -> str:
@@ -43,7 +46,12 @@ class LoadedEncoder:
                                      f"vocabulary {len(self.vocabulary)}")
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}, buffer)
-        return {WEIGHTS: buffer.getvalue(), VOCABULARY: self.vocabulary.to_json().encode()}
+        files = {WEIGHTS: buffer.getvalue(), VOCABULARY: self.vocabulary.to_json().encode()}
+        if self.reference is not None:
+            reference = io.BytesIO()
+            np.save(reference, np.asarray(self.reference, dtype=np.float32))
+            files[REFERENCE] = reference.getvalue()
+        return files
 
     def describe(self) -> dict[str, Any]:
         """What the card must say for the files to load back: architecture and vocabulary fingerprint."""
@@ -66,4 +74,5 @@ class LoadedEncoder:
             raise ModelMismatchError(f"{where}: weights have {rows} event-type rows, vocabulary has {len(vocabulary)}")
         encoder = TimeAttentionBiLSTM(EncoderArchitecture(**card["architecture"]))
         encoder.load_state_dict(state)
-        return cls(encoder.to(device).eval(), vocabulary, card)
+        reference = np.load(io.BytesIO(files[REFERENCE])) if REFERENCE in files else None
+        return cls(encoder.to(device).eval(), vocabulary, card, reference)

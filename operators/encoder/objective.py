@@ -41,10 +41,11 @@ class View:
     lengths: torch.Tensor
     masked: torch.Tensor  # bool (n, T): positions whose token was replaced by MASK
     targets: torch.Tensor  # original tokens
+    session: torch.Tensor | None = None  # the original sequence's session timing: a crop does not change it
 
 
 def augment(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, params: ObjectiveParams,
-            generator: torch.Generator) -> View:
+            generator: torch.Generator, session: torch.Tensor | None = None) -> View:
     """A random contiguous crop with masked events and jittered times."""
     n, width = tokens.shape
     device = tokens.device
@@ -61,7 +62,7 @@ def augment(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, pa
     new_times = new_times + noise * valid[..., None]
     masked = valid & (torch.rand(n, width, generator=generator, device=device) < params.mask_prob)
     new_tokens = torch.where(masked, torch.full_like(targets, MASK_ID), targets)
-    return View(new_tokens, new_times, crop, masked, targets)
+    return View(new_tokens, new_times, crop, masked, targets, session)
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -86,8 +87,8 @@ class Pretraining(nn.Module):
         self.predict_composition = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, 2 * vocab + 1))
 
     def forward(self, first: View, second: View, composition: torch.Tensor) -> dict[str, torch.Tensor]:
-        out_a = self.encoder(first.tokens, first.times, first.lengths)
-        out_b = self.encoder(second.tokens, second.times, second.lengths)
+        out_a = self.encoder(first.tokens, first.times, first.lengths, first.session)
+        out_b = self.encoder(second.tokens, second.times, second.lengths, second.session)
         contrastive = nt_xent(out_a.embedding, out_b.embedding, self.params.temperature)
         composed = self.composition_loss(torch.cat([out_a.embedding, out_b.embedding]), composition.repeat(2, 1))
         hidden = torch.cat([out_a.hidden[first.masked], out_b.hidden[second.masked]])

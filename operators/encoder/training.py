@@ -144,8 +144,9 @@ def _views(batch: PaddedSequences, vocab_size: int, objective: ObjectiveParams, 
     tokens = torch.from_numpy(batch.tokens).to(device)
     times = torch.from_numpy(batch.times).to(device)
     lengths = torch.from_numpy(batch.lengths).to(device)
-    return (augment(tokens, times, lengths, objective, generator),
-            augment(tokens, times, lengths, objective, generator),
+    session = torch.from_numpy(batch.session).to(device)
+    return (augment(tokens, times, lengths, objective, generator, session),
+            augment(tokens, times, lengths, objective, generator, session),
             composition_targets(tokens, times, lengths, vocab_size, objective.recent_s))
 
 
