@@ -167,8 +167,9 @@ class UserStore:
         except OSError:
             return ()
 
-    def _users(self) -> dict[str, Any]:
-        if time.monotonic() - self._checked > 1.0:
+    def _users(self, fresh: bool = False) -> dict[str, Any]:
+        """The users; the file is looked at again after a second, or now when `fresh` (after a miss)."""
+        if fresh or time.monotonic() - self._checked > 1.0:
             with self._lock:
                 stamp = self._file_stamp()
                 if stamp != self._stamp:
@@ -180,12 +181,12 @@ class UserStore:
         return self._data["users"]
 
     def user(self, name: str) -> User | None:
-        found = self._users().get(name)
+        found = self._users().get(name) or self._users(fresh=True).get(name)
         return User(name, found["role"]) if found and found.get("role") in RANK else None
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when the password matches; always spends one argon2 verification."""
-        found = self._users().get(name) if valid_username(name) else None
+        found = (self._users().get(name) or self._users(fresh=True).get(name)) if valid_username(name) else None
         hashed = found["password_hash"] if found else _DUMMY_HASH
         try:
             ok = _hasher.verify(hashed, password)
@@ -198,10 +199,11 @@ class UserStore:
         if not match:
             return None
         digest = _token_digest(token)
-        for name, user in self._users().items():
-            for stored in user.get("tokens", []):
-                if stored.get("id") == match.group(1) and hmac.compare_digest(stored.get("sha256", ""), digest):
-                    return User(name, user["role"]) if user.get("role") in RANK else None
+        for fresh in (False, True):
+            for name, user in self._users(fresh).items():
+                for stored in user.get("tokens", []):
+                    if stored.get("id") == match.group(1) and hmac.compare_digest(stored.get("sha256", ""), digest):
+                        return User(name, user["role"]) if user.get("role") in RANK else None
         return None
 
     def names(self) -> list[dict[str, Any]]:
