@@ -73,7 +73,8 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile
         if todo.size == 0:
             continue
         labels, probs, scores = link.model.predict_with_scores(features[todo])
-        predicted = labels >= 0
+        # a model fitted on a noise pool keys only its emerging clusters; its other labels are not offers
+        predicted = np.isin(labels, list(link.keys))
         limits = member_score_limits(link.model, join_quantile)
         joined = predicted.copy()
         joined[predicted] = scores[predicted] <= limits[labels[predicted]]
@@ -90,25 +91,38 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile
 
 
 def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,
-                  name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]]) -> KeyedModel | None:
-    """Fit `model` on the points still called noise; points in the clusters it finds join them (in place).
+                  name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]],
+                  context_share: float = 1.0) -> KeyedModel | None:
+    """Fit `model` on the points still called noise, beside a sample of already-assigned points as
+    context; clusters made mostly of noise-pool points are emerging, and their points join them (in place).
 
-    `name_clusters(rows, labels)` gives each new label its key. Returns the keyed model when it
-    found clusters, so later runs can offer points to it too. As in HDBSCAN without
-    allow_single_cluster, a pool holding one pattern and nothing else yields no cluster; real
-    noise pools hold the scattered rest of the window beside any emerging pattern.
+    The context matters because HDBSCAN (without allow_single_cluster) never returns its root: a
+    pool holding a single new pattern and scattered noise would yield no cluster at all. Among
+    the assigned points the pattern is one dense region of several. Clusters that are mostly context
+    are the existing clusters again and are dropped. `name_clusters(rows, labels)` gives each kept
+    label its key (rows index `features`). Returns the keyed model when it found emerging clusters,
+    so later runs can offer points to it too.
     """
     pool = np.flatnonzero(assignment.noise)
     if pool.size < min_points:
         return None
-    model.fit(features[pool])
-    keys = name_clusters(pool, model.labels_)
-    if not keys:
+    assigned = np.flatnonzero(~assignment.noise)
+    take = min(assigned.size, int(context_share * pool.size))
+    context = assigned[np.linspace(0, assigned.size - 1, take).astype(np.int64)] if take else assigned[:0]
+    rows = np.concatenate([pool, context])
+    model.fit(features[rows])
+    labels = model.labels_
+    from_pool = np.arange(rows.size) < pool.size
+    emerging = [c for c in np.unique(labels[labels >= 0])
+                if from_pool[labels == c].mean() >= 0.5 and (from_pool & (labels == c)).sum() >= min_points]
+    if not emerging:
         return None
-    joined = model.labels_ >= 0
-    rows = pool[joined]
-    assignment.keys[rows] = [keys[int(c)] for c in model.labels_[joined]]
-    assignment.probabilities[rows] = model.probabilities_[joined]
-    assignment.outlier_scores[rows] = model.outlier_scores_[joined]
+    keep = np.isin(labels, emerging)
+    keys = name_clusters(rows[keep], labels[keep])
+    joined = keep & from_pool
+    rows_joined = rows[joined]
+    assignment.keys[rows_joined] = [keys[int(c)] for c in labels[joined]]
+    assignment.probabilities[rows_joined] = model.probabilities_[joined]
+    assignment.outlier_scores[rows_joined] = model.outlier_scores_[joined]
     assignment.persistence.update({k: float(model.cluster_persistence_[c]) for c, k in keys.items()})
     return KeyedModel(model, keys)

@@ -23,6 +23,7 @@ from lakelens.infra.runs import Run, describe_inputs
 from lakelens.infra.storage import Lake
 from lakelens.operators.cluster_tables import CLUSTERS_SCHEMA, RULES_SCHEMA, TOP_EVENTS_TYPE, txn_clusters_schema
 from lakelens.operators.sequences import SEQUENCE_SCHEMA
+from lakelens.operators.timing import TIMING_COLUMNS, session_timing
 
 EVENT_TYPES = ("home", "search", "product_view", "add_to_cart", "checkout_start", "address_change", "login",
                "password_reset", "coupon_apply", "payment_add", "visual_search", "support_chat")
@@ -117,6 +118,10 @@ def _publish_sequences(lake: Lake, config: LakelensConfig, day: date, txns: pa.T
     ids = txns.column("transaction_id").to_numpy(zero_copy_only=False)
     event_ids = np.char.add(np.char.add(ids[row_of].astype(str), "-e"), position.astype(str))
 
+    dwell = rng.integers(200, 30_000, total)
+    log_gaps = np.log1p(np.where(position == 0, 0.0, gaps)).astype(np.float32)
+    timing = session_timing(log_gaps, np.log1p(dwell / 1000.0), np.zeros(total, bool), offsets)
+
     def lists(values: pa.Array) -> pa.Array:
         return pa.ListArray.from_arrays(pa.array(offsets), values)
 
@@ -126,9 +131,10 @@ def _publish_sequences(lake: Lake, config: LakelensConfig, day: date, txns: pa.T
         "n_events_in_window": pa.array(counts), "truncated": pa.array(np.zeros(n, bool)),
         "is_empty": pa.array(counts == 0),
         "event_ids": lists(pa.array(event_ids)), "event_types": lists(pa.array(types)),
-        "log_gap_prev_s": lists(pa.array(np.log1p(np.where(position == 0, 0.0, gaps)).astype(np.float32))),
+        "log_gap_prev_s": lists(pa.array(log_gaps)),
         "log_time_to_txn_s": lists(pa.array(np.log1p(from_end).astype(np.float32))),
-        "dwell_ms": lists(pa.array(rng.integers(200, 30_000, total), pa.int64())),
+        "dwell_ms": lists(pa.array(dwell, pa.int64())),
+        **{name: pa.array(timing[:, i]) for i, name in enumerate(TIMING_COLUMNS)},
     }, schema=SEQUENCE_SCHEMA)
     inputs = describe_inputs(lake, "transactions", [f"transactions/dt={day}"])
 
