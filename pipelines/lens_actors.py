@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from lakelens.infra.config import LensConfig
 from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, quarantine_rows
+from lakelens.infra.devices import actor_device
 from lakelens.infra.model_store import ModelStore
 from lakelens.infra.runs import Run
 from lakelens.infra.storage import Lake
@@ -28,13 +29,11 @@ def sample_key(sample_id: str) -> int:
     return int.from_bytes(hashlib.sha1(sample_id.encode()).digest()[:8], "big") >> 1
 
 
-def _recorder(lake: Lake, cfg: LensConfig) -> tuple[ComponentRecorder, str]:
-    """The model with its weights, on the GPU when there is one, wrapped for relevance passes."""
-    import torch
-
+def _recorder(lake: Lake, cfg: LensConfig, use_gpu: bool) -> tuple[ComponentRecorder, str]:
+    """The model with its weights, on the actor's GPU when it was given one, wrapped for relevance passes."""
     from lakelens.operators.lens.models import create_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = actor_device("lens.device", use_gpu)
     model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)).to(device)
     return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target), device
 
@@ -46,8 +45,8 @@ def _labels(batch: pa.Table) -> np.ndarray:
 class ComponentStatsActor:
     """Loads the model once; each batch returns its own `ComponentStats`, pickled, for an exact merge."""
 
-    def __init__(self, lake: Lake, cfg: LensConfig, run: Run) -> None:
-        self.recorder, self.device = _recorder(lake, cfg)
+    def __init__(self, lake: Lake, cfg: LensConfig, run: Run, use_gpu: bool = False) -> None:
+        self.recorder, self.device = _recorder(lake, cfg, use_gpu)
         self.cfg, self.run = cfg, run
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -92,8 +91,9 @@ class ExampleCropper:
     gets its own channel-conditioned heatmap (CRP), computed for many pairs per backward pass.
     """
 
-    def __init__(self, lake: Lake, cfg: LensConfig, wanted: dict[str, list[tuple[str, int]]]) -> None:
-        self.recorder, self.device = _recorder(lake, cfg)
+    def __init__(self, lake: Lake, cfg: LensConfig, wanted: dict[str, list[tuple[str, int]]],
+                 use_gpu: bool = False) -> None:
+        self.recorder, self.device = _recorder(lake, cfg, use_gpu)
         self.cfg, self.wanted = cfg, wanted
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -128,12 +128,10 @@ class ExampleCropper:
 class FoundationEmbedder:
     """Loads the foundation model once; adds each row's image embedding."""
 
-    def __init__(self, lake: Lake, cfg: LensConfig) -> None:
-        import torch
-
+    def __init__(self, lake: Lake, cfg: LensConfig, use_gpu: bool = False) -> None:
         from lakelens.operators.lens.foundation import load_foundation
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = actor_device("lens.device", use_gpu)
         self.foundation = load_foundation(cfg.foundation, ModelStore(lake).local_copy(cfg.foundation_weights), device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from lakelens.infra.config import LakelensConfig, LensConfig
 from lakelens.infra.contracts import IMAGES
+from lakelens.infra.devices import stage_gpus
 from lakelens.infra.errors import InputError
 from lakelens.infra.jobs import Job, run_job
 from lakelens.infra.lake_io import collect_table, read_validated
@@ -50,8 +51,10 @@ def plan_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig) -> Job:
         return (f"{e['dataset_samples']:,} images, {len(cfg.layers)} layers; embedded {e['embedded_views']:,} example "
                 f"{'crops' if cfg.crop_examples else 'images'}; audits flag: {m['metrics']['flagged'] or 'nothing'}")
 
-    return Job(JOB, f"model={cfg.model_id}", {"dataset": dataset, "lens": vars(cfg).copy()}, inputs,
-               compute=lambda run: _compute(run, cfg), describe=describe,
+    # the device is where the work runs, not what it is: left out of the params (and so of the run id)
+    lens_params = {k: v for k, v in vars(cfg).items() if k != "device"}
+    return Job(JOB, f"model={cfg.model_id}", {"dataset": dataset, "lens": lens_params}, inputs,
+               compute=lambda run: _compute(run, cfg, config.ray.gpu_wait_s), describe=describe,
                outputs={"component_examples": EXAMPLES_SCHEMA, "concept_labels": LABELS_SCHEMA, "audits": AUDITS_SCHEMA})
 
 
@@ -74,17 +77,19 @@ def _check(lake: Lake, cfg: LensConfig) -> None:
     resolve_layers(create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)), cfg.layers)
 
 
-def _compute(run: Run, cfg: LensConfig) -> None:
+def _compute(run: Run, cfg: LensConfig, gpu_wait_s: int = 0) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     lake = run.lake
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = stage_gpus("lens.device", cfg.device, gpu_wait_s)  # "cuda" and no GPU: InputError naming the key
     actors = cfg.actors or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     compute = {"compute": ActorPoolStrategy(size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 1}
+    use_gpu = gpus > 0
     with run.stage("components"):
         images = read_validated(run, IMAGES, run.inputs, columns=["sample_id", "image", "label"])
-        partials = images.map_batches(ComponentStatsActor, fn_constructor_kwargs={"lake": lake, "cfg": cfg, "run": run},
+        partials = images.map_batches(ComponentStatsActor,
+                                      fn_constructor_kwargs={"lake": lake, "cfg": cfg, "run": run, "use_gpu": use_gpu},
                                       batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
         blobs = collect_table(partials, pa.schema([("stats", pa.binary())])).column("stats").to_pylist()
         stats = None
@@ -108,11 +113,12 @@ def _compute(run: Run, cfg: LensConfig) -> None:
             wanted: dict[str, list[tuple[str, int]]] = {}
             for r in chosen.select(["sample_id", "layer", "unit"]).to_pylist():
                 wanted.setdefault(r["sample_id"], []).append((r["layer"], r["unit"]))
-            views = selected.map_batches(ExampleCropper, fn_constructor_kwargs={"lake": lake, "cfg": cfg, "wanted": wanted},
+            views = selected.map_batches(ExampleCropper, fn_constructor_kwargs={"lake": lake, "cfg": cfg, "wanted": wanted,
+                                                                            "use_gpu": use_gpu},
                                          batch_size=max(1, cfg.batch_size // 8), batch_format="pyarrow", **compute)
         else:
             views = selected.map_batches(whole_images, batch_format="pyarrow")
-        embedded = views.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg},
+        embedded = views.map_batches(FoundationEmbedder, fn_constructor_kwargs={"lake": lake, "cfg": cfg, "use_gpu": use_gpu},
                                      batch_size=cfg.batch_size, batch_format="pyarrow", **compute)
         embedded_views = collect_table(embedded, VIEWS_SCHEMA)
         example_views = views_per_component(embedded_views, chosen)
