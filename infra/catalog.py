@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from lakelens.infra.contracts import REVIEWS_DIR, REVIEWS_SCHEMA
+from lakelens.infra.contracts import REVIEWS_DIR, REVIEWS_SCHEMA, TIMING_COLUMNS
 from lakelens.infra.manifests import read_commit_manifests
 from lakelens.infra.runs import latest_per_partition, latest_per_run_id
 from lakelens.infra.storage import Lake, sql_literal
@@ -124,10 +124,17 @@ def _create_analyst_views(con) -> None:
             ORDER BY c.cluster_key, r.committed_at""")
     rules = con.execute("SELECT rule_id, sql_predicate FROM cluster_rules ORDER BY rule_id").fetchall()
     if "transactions" in tables and rules:
+        source = "transactions t"
+        embedding_columns = ({r[0] for r in con.execute("DESCRIBE sequence_embeddings").fetchall()}
+                             if "sequence_embeddings" in tables else set())
+        if set(TIMING_COLUMNS) <= embedding_columns:
+            # rules may name the sessions' timing statistics, which live beside the embeddings
+            source = (f"(SELECT t.*, s.* EXCLUDE (transaction_id) FROM transactions t LEFT JOIN (SELECT transaction_id, "
+                      f"{', '.join(TIMING_COLUMNS)} FROM sequence_embeddings) s USING (transaction_id)) t")
         # DuckDB cannot evaluate SQL held in a column, so each rule becomes one branch of a view;
         # branches whose constant rule_id differs from the argument are pruned by the planner
         branches = " UNION ALL ".join(
-            f"SELECT {sql_literal(rule_id)} AS matched_rule, t.* FROM transactions t WHERE ({predicate})"
+            f"SELECT {sql_literal(rule_id)} AS matched_rule, t.* FROM {source} WHERE ({predicate})"
             for rule_id, predicate in rules)
         con.execute(f"CREATE OR REPLACE VIEW rule_matches AS {branches}")
         con.execute("CREATE OR REPLACE MACRO apply_rule(rid) AS TABLE "
@@ -258,7 +265,7 @@ def rank_components(lake: Lake, model_id: str, text_vectors: np.ndarray, empty_v
 
 
 def measure_rules(lake: Lake, transaction_paths: list[str], members_paths: list[str],
-                  rules: list[tuple[str, str, str]]) -> dict[str, dict[str, float]]:
+                  rules: list[tuple[str, str, str]], timing_paths: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Precision, coverage, support, fraud rate and lift of each rule, by DuckDB running its SQL over the lake.
 
     `transaction_paths`: the window's transaction files; `members_paths`: the run's `txn_clusters`
@@ -276,6 +283,12 @@ def measure_rules(lake: Lake, transaction_paths: list[str], members_paths: list[
     try:
         con.execute(f"CREATE VIEW transactions AS SELECT * FROM read_parquet({_uri_list(lake, transaction_paths)}, "
                     "union_by_name = true)")
+        if timing_paths:  # rules may name the sessions' timing statistics (the `timing_*` expert features)
+            con.execute(f"CREATE VIEW session_timing AS SELECT transaction_id, {', '.join(TIMING_COLUMNS)} "
+                        f"FROM read_parquet({_uri_list(lake, timing_paths)}, union_by_name = true)")
+            con.execute("ALTER VIEW transactions RENAME TO raw_transactions")
+            con.execute("CREATE VIEW transactions AS SELECT t.*, s.* EXCLUDE (transaction_id) "
+                        "FROM raw_transactions t LEFT JOIN session_timing s USING (transaction_id)")
         if members_paths:
             con.execute(f"CREATE VIEW members AS SELECT transaction_id, cluster_key FROM read_parquet("
                         f"{_uri_list(lake, members_paths)}, union_by_name = true)")

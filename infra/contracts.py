@@ -267,6 +267,10 @@ IMAGES = TableContract(
     ),
 )
 
+# the session-timing statistics sequences and embeddings carry (computed by operators/timing.py);
+# the `timing_*` expert features and the rules that name them read these columns
+TIMING_COLUMNS = ("timing_log_gap_std", "timing_log_dwell_std", "timing_same_gap_share", "timing_gap_autocorr")
+
 CONTRACTS = {c.name: c for c in (EVENTS, TRANSACTIONS, SEQUENCES, IMAGES)}
 
 # Reviewers' verdicts (written by infra/reviews.py, read by infra/catalog.py). They live here,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-TIMING_COLUMNS = ("timing_log_gap_std", "timing_log_dwell_std", "timing_same_gap_share", "timing_gap_autocorr")
+from lakelens.infra.contracts import TIMING_COLUMNS
+
+__all__ = ["TIMING_COLUMNS", "session_timing"]
 SESSION_BREAK_S = 1800.0
 SAME_GAP = np.log1p(0.05)  # two gaps within 5 % of each other have log1p-gaps about this close
 

@@ -47,6 +47,7 @@ from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.lineage import GONE, LineageParams, centroids, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
 from lakelens.operators.rules import RuleSearch, candidate_predicates, induce_rules
+from lakelens.operators.timing import TIMING_COLUMNS
 from lakelens.pipelines.build_sequences import run_build_sequences
 from lakelens.pipelines.embed import TABLE as EMBEDDINGS, run_embed, with_advice
 
@@ -198,18 +199,22 @@ class ClusteringRun:
         run, spec = self.run, spec_of(self.cfg)
         with run.stage("load"):
             txn_files = [i for i in run.inputs if i.table == "transactions"]
+            timing = [c for c in spec.numeric if c in TIMING_COLUMNS]  # from the sequences, not the transactions
             columns = list(dict.fromkeys(["transaction_id", "ts", "amount", "status", "label", *spec.numeric,
                                           *spec.boolean, *spec.categorical]))
+            columns = [c for c in columns if c not in timing]
             txns = collect_table(read_validated(run, TRANSACTIONS, txn_files, columns=columns),
                                  pa.schema([])).drop_columns([SOURCE_FILE, SOURCE_ROW])
             embeddings = pa.concat_tables([
-                run.lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events"])
+                run.lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events", *timing])
                 for i in run.inputs if i.table == EMBEDDINGS]).sort_by("transaction_id")
             # a transaction without a sequence cannot be clustered
             keep = pc.is_in(txns.column("transaction_id"), value_set=embeddings.column("transaction_id"))
             txns = txns.filter(keep).sort_by("transaction_id")
             embeddings = embeddings.filter(pc.is_in(embeddings.column("transaction_id"),
                                                     value_set=txns.column("transaction_id")))
+            for name in timing:  # both tables are in transaction_id order, one row each
+                txns = txns.append_column(name, embeddings.column(name))
             run.metrics["load"] = {"transactions": txns.num_rows,
                                    "without_embedding": int(pc.sum(pc.invert(keep)).as_py() or 0)}
         if txns.num_rows < self.cfg.min_cluster_size:
@@ -307,7 +312,8 @@ class ClusteringRun:
             return RULES_SCHEMA.empty_table()
         measured = measure_rules(run.lake, [i.path for i in run.inputs if i.table == "transactions"],
                                  [e.path for e in run.lake.list_files(run.table_dir("txn_clusters"), suffix=".parquet")],
-                                 [(r["rule_id"], r["cluster_key"], r["rule"].sql()) for r in found])
+                                 [(r["rule_id"], r["cluster_key"], r["rule"].sql()) for r in found],
+                                 timing_paths=[i.path for i in run.inputs if i.table == EMBEDDINGS])
         return rules_table(run.run_id, found, measured)
 
     def _novelty(self, means: dict[int, np.ndarray]) -> dict[int, float]:

@@ -13,6 +13,7 @@ import torch
 
 from lakelens.operators.encoder.batching import pad_sequences
 from lakelens.operators.encoder.checkpoint import LoadedEncoder
+from lakelens.operators.timing import TIMING_COLUMNS
 
 TOP_EVENT = pa.struct([("position", pa.int32()), ("event_id", pa.string()), ("event_type", pa.string()),
                        ("weight", pa.float32())])
@@ -32,6 +33,8 @@ def embedding_schema(dim: int) -> pa.Schema:
         ("top_events", pa.list_(TOP_EVENT)),
         ("model_version", pa.string()),
         ("run_id", pa.string()),
+        # the session's timing regularity (operators/timing.py), as the encoder read it: optional expert features
+        *[(name, pa.float32()) for name in TIMING_COLUMNS],
     ])
 
 
@@ -70,6 +73,7 @@ class SequenceEmbedder:
             "top_events": self._top_events(batch, padded.lengths, padded.start, attention),
             "model_version": pa.array([self.model.version] * n, pa.string()),
             "run_id": pa.array([self.run_id] * n, pa.string()),
+            **{name: pa.array(padded.session[:, i]) for i, name in enumerate(TIMING_COLUMNS)},
         }
         return pa.table(columns, schema=self.schema)
 
