@@ -12,14 +12,16 @@ that says so) and the last good catalog keeps being served for as long as its fi
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import numpy as np
@@ -44,6 +46,9 @@ SORTS = {
     "trend": "coalesce(trend, 'Infinity'::DOUBLE) DESC, fraud_rate_lower DESC, cluster_key",
 }
 MAX_COMMENT = 4000
+# the visible runs' members joined with their transactions, sorted by (run, cluster, probability): built in
+# memory once per catalog build so that member pages and click-streams need no scan of the lake
+MEMBERS_TABLE = "_review_members"
 EMERGING_COLUMNS = ("cluster_key", "partition", "size", "previous_size", "lineage_status", "novelty",
                     "fraud_rate_lower", "distinctive_event_types", "unseen_event_types", "latest_verdict")
 
@@ -83,8 +88,27 @@ class Snapshot:
     built_at: float
     reviews_table_empty: bool
     stale: str | None = None  # the error that keeps us from a newer build, if any
+    members_ready: bool = False  # MEMBERS_TABLE is built (in the background after each build)
     _maps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _map_lock: threading.Lock = field(default_factory=threading.Lock)
+    _memo: OrderedDict = field(default_factory=OrderedDict)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def memo(self, key: tuple, compute: Callable[[], Any], size: int = 4096) -> Any:
+        """Published runs never change, so what a build answered once it answers again (a bounded LRU).
+
+        Values are shared between requests: callers copy before changing them.
+        """
+        with self._memo_lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+        value = compute()
+        with self._memo_lock:
+            self._memo[key] = value
+            while len(self._memo) > size:
+                self._memo.popitem(last=False)
+        return value
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self.con.cursor()
@@ -109,13 +133,15 @@ class Snapshot:
 class ReviewCatalog:
     """The published behaviour-clustering results, for people reviewing flagged clusters."""
 
-    def __init__(self, lake: Lake, recheck_s: float = 2.0, precompute_maps: bool = True) -> None:
+    def __init__(self, lake: Lake, recheck_s: float = 2.0, precompute: bool = True) -> None:
         self.lake = lake
         self.recheck_s = recheck_s
-        self.precompute_maps = precompute_maps
+        self.precompute = precompute
         self._snapshot: Snapshot | None = None
         self._checked_at = 0.0
         self._build_lock = threading.Lock()
+        self._reviews: tuple[int, float, dict[str, list[dict[str, Any]]]] | None = None
+        self._reviews_lock = threading.Lock()
 
     # -- the catalog snapshot ------------------------------------------------------------------
 
@@ -151,6 +177,30 @@ class ReviewCatalog:
     def invalidate(self) -> None:
         """Look at the lake again on the next request (after this app wrote a verdict)."""
         self._checked_at = 0.0
+        self._reviews = None
+
+    def _all_reviews(self, snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
+        """Every verdict by cluster key, newest first: read at most once per `recheck_s` (verdicts written by
+        this app show at once; those written elsewhere, e.g. by `lakelens review`, within `recheck_s`)."""
+        cached = self._reviews
+        if cached is not None and cached[0] == id(snap) and time.monotonic() - cached[1] < self.recheck_s:
+            return cached[2]
+        with self._reviews_lock:
+            cached = self._reviews
+            if cached is not None and cached[0] == id(snap) and time.monotonic() - cached[1] < self.recheck_s:
+                return cached[2]
+            by_key: dict[str, list[dict[str, Any]]] = {}
+            if "cluster_reviews" in snap.tables:
+                for row in snap.rows("""SELECT review_id, cluster_key, run_id, verdict, reviewer, reviewed_at, comment
+                                        FROM cluster_reviews ORDER BY reviewed_at DESC, review_id DESC"""):
+                    by_key.setdefault(row["cluster_key"], []).append(row)
+            self._reviews = (id(snap), time.monotonic(), by_key)
+            return by_key
+
+    def _with_verdict(self, snap: Snapshot, row: dict[str, Any]) -> dict[str, Any]:
+        latest = (self._all_reviews(snap).get(row["cluster_key"]) or [None])[0]
+        return {**row, "latest_verdict": latest and latest["verdict"], "latest_reviewer": latest and latest["reviewer"],
+                "latest_reviewed_at": latest and latest["reviewed_at"]}
 
     def _fingerprint(self) -> tuple:
         commits = []
@@ -171,17 +221,37 @@ class ReviewCatalog:
         snap = Snapshot(con=con, tables=frozenset(kinds), fingerprint=fingerprint, built_at=time.time(),
                         reviews_table_empty=kinds.get("cluster_reviews") == "BASE TABLE")
         log.info("catalog built in %.2f s: %d published runs", time.perf_counter() - began, len(fingerprint))
-        if self.precompute_maps and snap.has_clusters:
+        if self.precompute and snap.has_clusters:
             threading.Thread(target=self._warm, args=(snap,), daemon=True, name="lakelens-map-warm").start()
         return snap
 
     def _warm(self, snap: Snapshot) -> None:
+        """After a build: the newest run's cluster map, then the members table."""
         try:
             for partition in self.partitions(snap)[:1]:
                 for row in snap.rows("SELECT DISTINCT run_id FROM flagged_clusters WHERE partition = ?", [partition]):
                     self.cluster_map(row["run_id"], snap)
         except Exception as exc:  # noqa: BLE001 - warming is an optimisation only
             log.warning("precomputing the cluster map failed: %s", _short(exc))
+        if "transactions" not in snap.tables:
+            return
+        began = time.perf_counter()
+        cursor = snap.cursor()
+        try:
+            cursor.execute(f"""CREATE TABLE {MEMBERS_TABLE} AS
+                SELECT x.run_id, x.cluster_key, x.transaction_id, x.probability, x.outlier_score,
+                       x.top_events[1].event_type AS most_attended_event,
+                       x.top_events[1].weight AS most_attended_weight, x.top_events,
+                       t.* EXCLUDE (transaction_id)
+                FROM txn_clusters x JOIN transactions t USING (transaction_id)
+                WHERE x.cluster_key IS NOT NULL
+                ORDER BY x.run_id, x.cluster_key, x.probability DESC, x.transaction_id""")
+            snap.members_ready = True
+            log.info("members table built in %.1f s", time.perf_counter() - began)
+        except Exception as exc:  # noqa: BLE001 - the pages fall back to reading the lake
+            log.warning("building the members table failed: %s", _short(exc))
+        finally:
+            cursor.close()
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -211,17 +281,16 @@ class ReviewCatalog:
                   "emerging": self.emerging(snap, chosen), "stale": snap.stale}
         if chosen is None:
             return result
-        rows = snap.rows(f"""
-            SELECT * FROM (
-                SELECT partition, run_id, cluster_key, size, previous_size, labelled, fraud,
-                       fraud_rate, fraud_rate_lower, lift, declined_share, amount, lineage_status, top_event_types,
-                       CASE WHEN previous_size > 0 THEN (size - previous_size) / previous_size END AS trend,
-                       latest_verdict, latest_reviewer, latest_reviewed_at
-                FROM flagged_clusters
-                WHERE partition = ? AND (? IS NULL OR lineage_status = ?)
-                  AND (? IS NULL OR (? = 'none' AND latest_verdict IS NULL) OR latest_verdict = ?))
-            ORDER BY {SORTS[sort]} LIMIT ?""", [chosen, lineage, lineage, verdict, verdict, verdict, int(limit)])
-        result["clusters"] = rows
+        rows = snap.memo(("list", chosen, lineage, sort), lambda: snap.rows(f"""
+            SELECT partition, run_id, cluster_key, size, previous_size, labelled, fraud, fraud_rate,
+                   fraud_rate_lower, lift, declined_share, amount, lineage_status, top_event_types,
+                   CASE WHEN previous_size > 0 THEN (size - previous_size) / previous_size END AS trend
+            FROM flagged_clusters WHERE partition = ? AND (? IS NULL OR lineage_status = ?)
+            ORDER BY {SORTS[sort]}""", [chosen, lineage, lineage]))
+        rows = [self._with_verdict(snap, row) for row in rows]
+        if verdict is not None:
+            rows = [r for r in rows if r["latest_verdict"] == (None if verdict == "none" else verdict)]
+        result["clusters"] = rows[:int(limit)]
         return result
 
     def emerging(self, snap: Snapshot | None = None, partition: str | None = None,
@@ -238,8 +307,12 @@ class ReviewCatalog:
             shown = [c for c in EMERGING_COLUMNS if c in have] or have[:8]
             columns = ", ".join('"' + c.replace('"', '""') + '"' for c in shown)
             where = "WHERE partition = ?" if partition and "partition" in have else "WHERE ? IS NULL"
-            return snap.rows(f"SELECT {columns} FROM emerging_clusters {where} LIMIT ?",
-                             [partition if "partition" in have else None, int(limit)])
+            rows = snap.memo(("emerging", partition, limit), lambda: snap.rows(
+                f"SELECT {columns} FROM emerging_clusters {where} LIMIT ?",
+                [partition if "partition" in have else None, int(limit)]))
+            if "latest_verdict" in shown and "cluster_key" in shown:
+                rows = [{**r, "latest_verdict": self._with_verdict(snap, r)["latest_verdict"]} for r in rows]
+            return rows
         except (duckdb.Error, LakeUnavailable) as exc:
             log.warning("emerging_clusters could not be read: %s", _short(exc))
             return []
@@ -251,6 +324,10 @@ class ReviewCatalog:
         snap = self.snapshot()
         if not snap.has_clusters:
             return None
+        row = snap.memo(("cluster", cluster_key), lambda: self._cluster_row(snap, cluster_key))
+        return None if row is None else self._with_verdict(snap, row)
+
+    def _cluster_row(self, snap: Snapshot, cluster_key: str) -> dict[str, Any] | None:
         for view in ("clusters", "clusters_all_runs"):
             if view not in snap.tables:
                 continue
@@ -259,10 +336,6 @@ class ReviewCatalog:
                 WHERE c.cluster_key = ? ORDER BY r.committed_at DESC, r.partition DESC LIMIT 1""", [cluster_key])
             if found:
                 row = found[0]
-                verdict = snap.rows("""SELECT verdict, reviewer, reviewed_at FROM latest_reviews
-                                       WHERE cluster_key = ?""", [cluster_key])
-                row["latest_verdict"] = verdict[0]["verdict"] if verdict else None
-                row["latest_reviewer"] = verdict[0]["reviewer"] if verdict else None
                 row["trend"] = ((row["size"] - row["previous_size"]) / row["previous_size"]
                                 if row.get("previous_size") else None)
                 row["visible"] = view == "clusters"
@@ -276,49 +349,67 @@ class ReviewCatalog:
             return []
         if "cluster_rules_all_runs" in snap.tables:
             table = "cluster_rules_all_runs"
-        return snap.rows(f"""SELECT rule_id, sql_predicate, description, precision, coverage, support, fraud_rate,
-                                    lift, narrative
-                             FROM {table} WHERE cluster_key = ? AND run_id = ? ORDER BY rule_id""",
-                         [cluster_key, run_id])
+        return snap.memo(("rules", cluster_key, run_id), lambda: snap.rows(f"""
+            SELECT rule_id, sql_predicate, description, precision, coverage, support, fraud_rate, lift, narrative
+            FROM {table} WHERE cluster_key = ? AND run_id = ? ORDER BY rule_id""", [cluster_key, run_id]))
 
     def history(self, cluster_key: str) -> list[dict[str, Any]]:
         """One point per daily run (the newest run of each partition), oldest first."""
         snap = self.snapshot()
         if "cluster_history" not in snap.tables:
             return []
-        return snap.rows("""
+        return snap.memo(("history", cluster_key), lambda: snap.rows("""
             SELECT partition, committed_at, run_id, size, previous_size, fraud_rate, fraud_rate_lower, lift, flagged,
                    lineage_status
             FROM cluster_history WHERE cluster_key = ?
             QUALIFY row_number() OVER (PARTITION BY partition ORDER BY committed_at DESC) = 1
-            ORDER BY partition""", [cluster_key])
+            ORDER BY partition""", [cluster_key]))
 
     def reviews(self, cluster_key: str) -> list[dict[str, Any]]:
-        snap = self.snapshot()
-        if "cluster_reviews" not in snap.tables:
-            return []
-        return snap.rows("""SELECT review_id, cluster_key, run_id, verdict, reviewer, reviewed_at, comment
-                            FROM cluster_reviews WHERE cluster_key = ?
-                            ORDER BY reviewed_at DESC, review_id DESC""", [cluster_key])
+        """Every verdict on the cluster, newest first."""
+        return list(self._all_reviews(self.snapshot()).get(cluster_key, []))
 
     def members(self, cluster_key: str, run_id: str, page: int = 1, page_size: int = 25) -> dict[str, Any]:
         """One page of a cluster's members in a run, most typical (highest membership probability) first."""
         if page < 1 or not 1 <= page_size <= 200:
             raise ValueError("page must be >= 1 and page_size between 1 and 200")
         snap = self.snapshot()
-        total = snap.rows("SELECT count(*) AS n FROM txn_clusters WHERE run_id = ? AND cluster_key = ?",
-                          [run_id, cluster_key])[0]["n"]
-        rows = snap.rows("""
-            SELECT transaction_id, probability, outlier_score,
-                   top_events[1].event_type AS most_attended_event, top_events[1].weight AS most_attended_weight
-            FROM txn_clusters WHERE run_id = ? AND cluster_key = ?
-            ORDER BY probability DESC, transaction_id LIMIT ? OFFSET ?""",
-                         [run_id, cluster_key, page_size, (page - 1) * page_size])
-        details = self._transactions(snap, rows)
-        for row in rows:
-            row["transaction"] = details.get(row["transaction_id"], {})
+        # the in-memory table and the lake give the same page; only the former's answers are kept
+        if snap.members_ready:
+            return copy.deepcopy(snap.memo(("members", cluster_key, run_id, page, page_size),
+                                           lambda: self._members(snap, cluster_key, run_id, page, page_size)))
+        return self._members(snap, cluster_key, run_id, page, page_size)
+
+    def _members(self, snap: Snapshot, cluster_key: str, run_id: str, page: int, page_size: int) -> dict[str, Any]:
+        offset = (page - 1) * page_size
+        if snap.members_ready:
+            total = snap.rows(f"SELECT count(*) AS n FROM {MEMBERS_TABLE} WHERE run_id = ? AND cluster_key = ?",
+                              [run_id, cluster_key])[0]["n"]
+            rows = snap.rows(f"""SELECT * FROM {MEMBERS_TABLE} WHERE run_id = ? AND cluster_key = ?
+                                 ORDER BY probability DESC, transaction_id LIMIT ? OFFSET ?""",
+                             [run_id, cluster_key, page_size, offset])
+            members = []
+            for row in rows:
+                member = {k: row.pop(k) for k in ("transaction_id", "probability", "outlier_score",
+                                                  "most_attended_event", "most_attended_weight")}
+                for k in ("run_id", "cluster_key", "top_events"):
+                    row.pop(k)
+                member["transaction"] = {"transaction_id": member["transaction_id"], **row}
+                members.append(member)
+        else:
+            total = snap.rows("SELECT count(*) AS n FROM txn_clusters WHERE run_id = ? AND cluster_key = ?",
+                              [run_id, cluster_key])[0]["n"]
+            members = snap.rows("""
+                SELECT transaction_id, probability, outlier_score,
+                       top_events[1].event_type AS most_attended_event, top_events[1].weight AS most_attended_weight
+                FROM txn_clusters WHERE run_id = ? AND cluster_key = ?
+                ORDER BY probability DESC, transaction_id LIMIT ? OFFSET ?""",
+                                [run_id, cluster_key, page_size, offset])
+            details = self._transactions(snap, members)
+            for member in members:
+                member["transaction"] = details.get(member["transaction_id"], {})
         return {"cluster_key": cluster_key, "run_id": run_id, "page": page, "page_size": page_size, "total": total,
-                "pages": max(1, math.ceil(total / page_size)), "members": rows}
+                "pages": max(1, math.ceil(total / page_size)), "members": members}
 
     def _transactions(self, snap: Snapshot, members: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The transaction rows of a page of members, in one query by id.
@@ -339,15 +430,25 @@ class ReviewCatalog:
         snap = self.snapshot()
         if not snap.has_clusters:
             return None
-        membership = snap.rows("""
-            SELECT x.run_id, x.cluster_key, x.probability, x.outlier_score, x.top_events, r.partition
-            FROM txn_clusters x JOIN runs r USING (run_id) WHERE x.transaction_id = ?
+        if snap.members_ready:
+            return copy.deepcopy(snap.memo(("events", transaction_id), lambda: self._events(snap, transaction_id)))
+        return self._events(snap, transaction_id)
+
+    def _events(self, snap: Snapshot, transaction_id: str) -> dict[str, Any] | None:
+        source = MEMBERS_TABLE if snap.members_ready else "txn_clusters"
+        membership = snap.rows(f"""
+            SELECT x.*, r.partition FROM {source} x JOIN runs r USING (run_id) WHERE x.transaction_id = ?
             ORDER BY r.committed_at DESC LIMIT 1""", [transaction_id])
         if not membership:
             return None
         member = membership[0]
-        transaction = snap.rows("SELECT * FROM transactions WHERE transaction_id = ?",
-                                [transaction_id]) if "transactions" in snap.tables else []
+        if snap.members_ready:
+            skip = {"run_id", "cluster_key", "probability", "outlier_score", "most_attended_event",
+                    "most_attended_weight", "top_events", "partition"}
+            transaction = [{k: v for k, v in member.items() if k not in skip}]
+        else:
+            transaction = snap.rows("SELECT * FROM transactions WHERE transaction_id = ?",
+                                    [transaction_id]) if "transactions" in snap.tables else []
         day = transaction[0].get("dt") if transaction else None
         sequence = snap.rows("""SELECT txn_ts, event_ids, event_types, log_gap_prev_s, log_time_to_txn_s, dwell_ms
                                 FROM sequences WHERE (? IS NULL OR dt = CAST(? AS DATE)) AND transaction_id = ?

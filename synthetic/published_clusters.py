@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakelens.infra.config import LakelensConfig
 from lakelens.infra.contracts import TIMESTAMP
@@ -82,8 +83,10 @@ def _transactions(rng, k: int, day: date, n: int, clusters: int, fraud_rate: np.
     ts = day_us + np.sort(rng.integers(0, 86_400 * 10**6, n))
     amount = np.where(is_fraud, rng.uniform(0.5, 6.0, n), rng.lognormal(3.5, 0.8, n)).round(2)
     table = pa.table({
-        "transaction_id": pa.array([f"t{k:04d}-{i}" for i in range(n)]),
-        "user_id": pa.array([f"u{x}" for x in rng.integers(0, max(n // 2, 1), n)]),
+        "transaction_id": pc.binary_join_element_wise(pa.scalar(f"t{k:04d}"), pc.cast(pa.array(np.arange(n)),
+                                                                                      pa.string()), "-"),
+        "user_id": pc.binary_join_element_wise(pa.scalar("u"), pc.cast(pa.array(rng.integers(0, max(n // 2, 1), n)),
+                                                                       pa.string()), ""),
         "ts": pa.array(ts, TIMESTAMP),
         "amount": pa.array(amount, pa.float64()),
         "currency": pa.array(np.where(rng.random(n) < 0.1, "GBP", "EUR")),
@@ -114,9 +117,8 @@ def _publish_sequences(lake: Lake, config: LakelensConfig, day: date, txns: pa.T
     cumulative = np.cumsum(gaps[::-1])[::-1]
     ends = cumulative[offsets[1:] - 1]
     from_end[:] = cumulative - ends[row_of] + rng.uniform(5, 60, n)[row_of]
-    types = np.array(EVENT_TYPES)[rng.integers(0, len(EVENT_TYPES), total)]
-    ids = txns.column("transaction_id").to_numpy(zero_copy_only=False)
-    event_ids = np.char.add(np.char.add(ids[row_of].astype(str), "-e"), position.astype(str))
+    types = pa.array(EVENT_TYPES).take(pa.array(rng.integers(0, len(EVENT_TYPES), total)))
+    event_ids = _suffixed(txns.column("transaction_id"), row_of, position)
 
     dwell = rng.integers(200, 30_000, total)
     log_gaps = np.log1p(np.where(position == 0, 0.0, gaps)).astype(np.float32)
@@ -130,7 +132,7 @@ def _publish_sequences(lake: Lake, config: LakelensConfig, day: date, txns: pa.T
         "dt": pa.array([day.isoformat()] * n), "txn_ts": txns.column("ts"), "n_events": pa.array(counts),
         "n_events_in_window": pa.array(counts), "truncated": pa.array(np.zeros(n, bool)),
         "is_empty": pa.array(counts == 0),
-        "event_ids": lists(pa.array(event_ids)), "event_types": lists(pa.array(types)),
+        "event_ids": lists(event_ids), "event_types": lists(types),
         "log_gap_prev_s": lists(pa.array(log_gaps)),
         "log_time_to_txn_s": lists(pa.array(np.log1p(from_end).astype(np.float32))),
         "dwell_ms": lists(pa.array(dwell, pa.int64())),
@@ -162,12 +164,11 @@ def _publish_clusters(lake, config, day, window, tables, assignment, centres, fr
     order = np.argsort(-weights, axis=1)
     weights = np.take_along_axis(weights, order, axis=1)
     positions = np.take_along_axis(positions, order, axis=1)
-    ids = txns.column("transaction_id").to_numpy(zero_copy_only=False).astype(str)
-    flat_ids = np.char.add(np.char.add(np.repeat(ids, TOP_K), "-e"), positions.ravel().astype(str))
+    flat_ids = _suffixed(txns.column("transaction_id"), np.repeat(np.arange(n), TOP_K), positions.ravel())
     top_events = pa.ListArray.from_arrays(
         pa.array(np.arange(0, n * TOP_K + 1, TOP_K, dtype=np.int32)),
-        pa.StructArray.from_arrays([pa.array(positions.ravel()), pa.array(flat_ids),
-                                    pa.array(np.array(EVENT_TYPES)[rng.integers(0, 4, n * TOP_K)]),
+        pa.StructArray.from_arrays([pa.array(positions.ravel()), flat_ids,
+                                    pa.array(EVENT_TYPES).take(pa.array(rng.integers(0, 4, n * TOP_K))),
                                     pa.array(weights.ravel())],
                                    names=["position", "event_id", "event_type", "weight"])).cast(TOP_EVENTS_TYPE)
     keys = {c: cluster_key_of(c) for c in range(len(centres))}
@@ -183,7 +184,8 @@ def _publish_clusters(lake, config, day, window, tables, assignment, centres, fr
         run_id = run.run_id
         members = pa.table({
             "transaction_id": txns.column("transaction_id"), "dt": pa.array(dts), "run_id": pa.array([run_id] * n),
-            "cluster_key": pa.array([keys[c] if c >= 0 else None for c in cluster_of], pa.string()),
+            "cluster_key": pa.array([keys[c] for c in range(len(keys))] + [None]).take(
+                pa.array(np.where(cluster_of >= 0, cluster_of, len(keys)))),
             "cluster_id": pa.array(cluster_of.astype(np.int64)),
             "probability": pa.array(np.where(cluster_of >= 0, rng.uniform(0.3, 1.0, n), 0.0)),
             "outlier_score": pa.array(rng.uniform(0, 1, n)),
@@ -212,7 +214,11 @@ def _publish_clusters(lake, config, day, window, tables, assignment, centres, fr
                          "lift": rate / base if base else 0.0, "declined_share": float(declined[mine].mean()),
                          "amount": float(amount[mine].mean()), "persistence": float(rng.uniform(0.05, 0.5)),
                          "flagged": flag, "lineage_status": status, "previous_size": before,
-                         "top_event_types": [EVENT_TYPES[c % 4], EVENT_TYPES[(c + 1) % 4]], "narrative": narrative})
+                         "top_event_types": [EVENT_TYPES[c % 4], EVENT_TYPES[(c + 1) % 4]], "narrative": narrative,
+                         # columns of the drift-aware job (ignored where the schema has none of them)
+                         "novelty": float(rng.uniform(0.1, 1.0)) if before is None else float(rng.uniform(0, 0.2)),
+                         "mean_outlier_score": float(rng.uniform(0, 0.5)), "distinctive_event_types": [],
+                         "unseen_event_types": [], "emerging": status == "new" or (before and size > 1.5 * before)})
             sizes[key] = size
             if flag:
                 flagged.append(key)
@@ -234,6 +240,12 @@ def _publish_clusters(lake, config, day, window, tables, assignment, centres, fr
                       outputs={"txn_clusters": txn_clusters_schema(EMBEDDING_DIM), "clusters": CLUSTERS_SCHEMA,
                                "cluster_rules": RULES_SCHEMA}), config)
     return sorted(flagged), sizes
+
+
+def _suffixed(ids: pa.ChunkedArray | pa.Array, rows: np.ndarray, positions: np.ndarray) -> pa.Array:
+    """`<transaction_id>-e<position>` for each (row, position): event ids, built in Arrow (millions at once)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    return pc.binary_join_element_wise(ids.take(pa.array(rows)), pc.cast(pa.array(positions), pa.string()), "-e")
 
 
 def _wilson_lower(successes: int, trials: int, z: float = 1.96) -> float:

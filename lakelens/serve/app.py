@@ -125,8 +125,8 @@ class ReviewApp:
     def __init__(self, lake: Lake, auth_file: str | Path | None = None, *, recheck_s: float = 2.0,
                  session_idle_s: float = 1800.0, session_absolute_s: float = 12 * 3600.0,
                  throttle: LoginThrottle | None = None, tls: bool = False, local_user: str | None = None,
-                 precompute_maps: bool = True) -> None:
-        self.catalog = ReviewCatalog(lake, recheck_s=recheck_s, precompute_maps=precompute_maps)
+                 precompute: bool = True) -> None:
+        self.catalog = ReviewCatalog(lake, recheck_s=recheck_s, precompute=precompute)
         self.users = UserStore(auth_file) if auth_file else None
         self.local_user = User(local_user or _os_user(), "reviewer")
         self.sessions = Sessions(session_idle_s, session_absolute_s)
