@@ -90,6 +90,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_generate_week(args: argparse.Namespace) -> int:
+    from lakelens.synthetic.week import generate_week
+
+    summary = generate_week(_lake(args), users=args.users, seed=args.seed, start=args.start, workers=args.workers)
+    per_day = ", ".join(f"{day[5:]} {n:,}" for day, n in summary["transactions_per_day"].items())
+    print(f"generate-week: {summary['rows']['events']:,} events, {summary['rows']['transactions']:,} transactions "
+          f"({per_day}) in {summary['seconds']} s -> {args.out}")
+    return EXIT_OK
+
+
 def cmd_generate_images(args: argparse.Namespace) -> int:
     from lakelens.synthetic.lens_world import generate_lens_world, lens_config_for_world
 
@@ -290,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical Parquet")
     gen.add_argument("--start", type=parse_day, default=date(2026, 1, 1), help="first transaction day (UTC)")
     gen.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    wk = _add(sub, "generate-week", "write a drifting week (app release, new fraud pattern, timing bot, sale) "
+              "for testing daily runs", cmd_generate_week, "lakelens generate-week --out /tmp/week --users 4500 --seed 17")
+    wk.add_argument("--out", required=True, help="lake root: a path or s3://bucket/prefix")
+    wk.add_argument("--users", type=int, default=4500, help="users of the base world (default: 4500, ~1,700-2,500 "
+                    "transactions a day)")
+    wk.add_argument("--seed", type=int, default=17, help="the same seed gives byte-identical Parquet (default: 17)")
+    wk.add_argument("--start", type=parse_day, default=date(2026, 1, 1), help="first day of the week (UTC)")
+    wk.add_argument("--workers", type=int, default=1, help="processes, one per 20,000 users (default: 1)")
 
     gi = _add(sub, "generate-images", "synthetic image world + tiny CNN and tiny CLIP for the semantic lens",
               cmd_generate_images, "lakelens generate-images --out /tmp/lake --n 1600 --seed 5")
