@@ -456,14 +456,16 @@ class ReviewCatalog:
                              [day, day, transaction_id]) if "sequences" in snap.tables else []
         weights: dict[int, float] = {}
         for top in member.get("top_events") or []:
-            weights[int(top["position"])] = max(float(top["weight"]), weights.get(int(top["position"]), 0.0))
+            if top and top.get("position") is not None and top.get("weight") is not None:
+                weights[int(top["position"])] = max(float(top["weight"]), weights.get(int(top["position"]), 0.0))
         events = []
         if sequence:
             seq = sequence[0]
             txn_ts = seq["txn_ts"]
-            for i, (event_id, event_type, to_txn, dwell) in enumerate(zip(
-                    seq["event_ids"], seq["event_types"], seq["log_time_to_txn_s"], seq["dwell_ms"])):
-                seconds = float(np.expm1(to_txn))
+            n = len(seq["event_types"] or [])
+            columns = [(seq[c] or [None] * n) for c in ("event_ids", "event_types", "log_time_to_txn_s", "dwell_ms")]
+            for i, (event_id, event_type, to_txn, dwell) in enumerate(zip(*columns)):
+                seconds = float(np.expm1(to_txn)) if to_txn is not None else 0.0
                 events.append({"position": i, "event_id": event_id, "event_type": event_type,
                                "ts": (txn_ts.timestamp() - seconds) if isinstance(txn_ts, datetime) else None,
                                "seconds_before_transaction": round(seconds, 1), "dwell_ms": dwell,
