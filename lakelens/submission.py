@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -39,12 +38,14 @@ from typing import Any
 
 from lakelens.infra.config import LakelensConfig
 from lakelens.infra.errors import InputError
+from lakelens.infra.runs import fingerprint_hash
 from lakelens.job_commands import JOB_COMMANDS
 
 log = logging.getLogger("lakelens.submit")
 
 ID_PREFIX = "lakelens-"
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # what `ray job` reads too
+AGENT_WAIT_S = 120  # how long a submission waits for a freshly started head's job agent
 SECRET_KEYS = ("access_key_id", "secret_access_key")
 # flags whose value is a file on the submitting machine: it travels in the working_dir under this name
 FILE_FLAGS = {"config": "lakelens-job.toml", "vocabulary": "lakelens-vocabulary.txt"}
@@ -125,8 +126,7 @@ def plan_submission(args: argparse.Namespace) -> Submission:
     settings = config.to_dict()
     settings["storage"] = {k: v for k, v in settings["storage"].items() if k not in SECRET_KEYS}
     settings["ray"].pop("address", None)
-    digest = hashlib.sha256(json.dumps({"job": job, "flags": identity, "config": settings, "env": env_vars},
-                                       sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = fingerprint_hash({"job": job, "flags": identity, "config": settings, "env": env_vars}, length=10)
     base_id = f"{ID_PREFIX}{job}-{partition}-{digest}"
     return Submission(job, partition, base_id, argv, files, env_vars)
 
@@ -329,15 +329,26 @@ def _submit(client, plan: Submission, attempt: int, args: argparse.Namespace) ->
             for name, local in plan.files.items():
                 shutil.copyfile(local, Path(folder) / name)
             runtime_env["working_dir"] = folder
-        try:
-            client.submit_job(entrypoint=plan.entrypoint, submission_id=submission_id,
-                              runtime_env=runtime_env or None, metadata=plan.metadata(attempt))
-        except RuntimeError as exc:
-            if "already exists" not in str(exc):
-                raise
-            # another scheduler fired at the same moment: that submission is this one
-            _say(f"{submission_id} was submitted by someone else just now; not submitted again", args.json)
-            return submission_id
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                client.submit_job(entrypoint=plan.entrypoint, submission_id=submission_id,
+                                  runtime_env=runtime_env or None, metadata=plan.metadata(attempt))
+                break
+            except RuntimeError as exc:
+                if "already exists" in str(exc):
+                    # another scheduler fired at the same moment: that submission is this one
+                    _say(f"{submission_id} was submitted by someone else just now; not submitted again", args.json)
+                    return submission_id
+                if "No available agent" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"the Ray cluster has no job agent to run {submission_id} after "
+                                          f"{AGENT_WAIT_S} s (its dashboard agent did not start: see the head's "
+                                          "dashboard_agent.log)") from None
+                # a head that has just started answers before its job agent has registered
+                log.info("the cluster's job agent is not up yet; submitting %s again in 2 s", submission_id)
+                time.sleep(2)
     _say(f"submitted {submission_id}: {plan.entrypoint}", args.json)
     return submission_id
 
