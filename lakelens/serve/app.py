@@ -536,7 +536,7 @@ def history_figure(history: list[dict[str, Any]]) -> dict[str, Any]:
                    "xaxis": {"type": "category", "title": {"text": "daily run"}},
                    "yaxis": {"title": {"text": "members"}, "rangemode": "tozero"},
                    "yaxis2": {"title": {"text": "fraud rate"}, "overlaying": "y", "side": "right",
-                              "tickformat": ".0%", "range": [0, 1]},
+                              "tickformat": ".0%", "range": [0, 1.05]},
                    "legend": {"orientation": "h", "y": -0.3}},
     }
 
@@ -567,7 +567,7 @@ def map_figure(points: list[dict[str, Any]], highlight: str) -> dict[str, Any]:
         "layout": {"height": 320, "margin": {"l": 40, "r": 10, "t": 10, "b": 40}, "hovermode": "closest",
                    "xaxis": {"title": {"text": "centroid PC 1"}, "zeroline": False},
                    "yaxis": {"title": {"text": "centroid PC 2"}, "zeroline": False},
-                   "legend": {"orientation": "h", "y": -0.2}},
+                   "legend": {"orientation": "h", "y": -0.3}},
     }
 
 
