@@ -154,10 +154,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--no-full", action="store_true", help="skip the full re-cluster beside each daily run")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--keep", help="build the lakes in this folder and keep them (default: a temporary one)")
     args = parser.parse_args()
     print(f"detection_week: {stamp()} on {machine()}; users {args.users}, seed {args.seed}, epochs {args.epochs}")
-    with tempfile.TemporaryDirectory(prefix="lakelens-week-") as folder:
-        records = run_week(Path(folder), args.users, args.seed, args.epochs, with_full=not args.no_full)
+    if args.keep:
+        records = run_week(Path(args.keep), args.users, args.seed, args.epochs, with_full=not args.no_full)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lakelens-week-") as folder:
+            records = run_week(Path(folder), args.users, args.seed, args.epochs, with_full=not args.no_full)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1, default=str))

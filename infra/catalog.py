@@ -149,7 +149,9 @@ def _create_union_view(con, lake: Lake, name: str, rel_paths: list[str]) -> None
     if not rel_paths:
         return
     files = ", ".join(sql_literal(lake.uri(p)) for p in rel_paths)
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+    # run folders are named like Hive partitions (dt=...); the files' own columns must win over the path's
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{files}], union_by_name = true, "
+                "hive_partitioning = false)")
 
 
 def _create_runs_table(con, every_run: list[dict[str, Any]], visible: list[dict[str, Any]]) -> None:

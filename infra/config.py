@@ -113,6 +113,7 @@ class EncoderConfig:
     seed: NonNegInt = 0  # numpy's default_rng refuses negative seeds
     temperature: PosFloat = 1.0  # divides the similarities
     mask_prob: Share = 0.15
+    oov_prob: Share = 0.1  # events a training view shows as never seen, so renamed events shift embeddings less
     composition_weight: NonNegFloat = 2.0
     num_workers: PosInt = 2  # Ray Train data-parallel workers
 
@@ -163,6 +164,8 @@ class ClusterConfig:
     # incremental runs: a new transaction joins an existing cluster only when its predicted outlier
     # score is within this quantile of the cluster's members' scores (operators/assignment.py)
     join_quantile: Share = 0.95
+    # how the noise pool is clustered: "leaf" keeps small dense new patterns apart from the diffuse rest
+    emerging_selection_method: Literal["eom", "leaf"] = "leaf"
     # an incremental cluster counts as emerging when new, or grown by at least this factor
     emerging_growth: Annotated[float, Field(ge=1)] = 1.5
 

@@ -169,8 +169,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     con = open_catalog(_lake(args))
     if args.command is not None:
-        for statement in con.extract_statements(args.command):
-            _print_result(con, statement.query, args)
+        import duckdb
+
+        try:
+            for statement in con.extract_statements(args.command):
+                _print_result(con, statement.query, args)
+        except duckdb.Error as exc:  # the user's SQL: a clear message, not a traceback
+            raise InputError(f"SQL: {exc}") from exc
         return EXIT_OK
     views = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
     print("lakelens sql: statements end with ';' (or at the end of input); views:", ", ".join(views))

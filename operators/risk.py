@@ -22,8 +22,18 @@ class RiskThresholds:
     min_size: int = 20
     min_labelled: int = 3
     min_fraud_rate_lower: float = 0.25  # Wilson lower bound of the fraud rate among labelled members
-    min_lift: float = 3.0  # fraud rate over the window's base rate
+    # fraud rate over the window's base rate; capped at halfway to the largest lift the labels allow
+    # (1 / base rate), since where confirmed labels are mostly chargebacks the base rate is high and
+    # even a cluster of pure fraud cannot reach a fixed lift (see `required_lift`)
+    min_lift: float = 3.0
     confidence_z: float = 1.96
+
+
+def required_lift(min_lift: float, base_rate: float) -> float:
+    """The lift a cluster must reach: `min_lift`, or halfway to 1 / base rate when that is lower."""
+    if base_rate <= 0:
+        return min_lift
+    return min(min_lift, (1.0 + 1.0 / base_rate) / 2)
 
 
 def wilson_lower(successes: np.ndarray, trials: np.ndarray, z: float = 1.96) -> np.ndarray:
@@ -74,7 +84,7 @@ def cluster_risk(cluster_ids: np.ndarray, label: np.ndarray, declined: np.ndarra
         lift = np.where(base_rate > 0, rate / base_rate, 0.0)
     lower = wilson_lower(fraud, labelled, thresholds.confidence_z)
     flagged = ((size >= thresholds.min_size) & (labelled >= thresholds.min_labelled)
-               & (lower >= thresholds.min_fraud_rate_lower) & (lift >= thresholds.min_lift))
+               & (lower >= thresholds.min_fraud_rate_lower) & (lift >= required_lift(thresholds.min_lift, base_rate)))
     return pa.table({
         "cluster_id": pa.array(clusters.astype(np.int64)),
         "size": pa.array(size.astype(np.int64)),

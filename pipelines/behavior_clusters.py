@@ -222,11 +222,11 @@ class ClusteringRun:
                              f"need at least {self.cfg.min_cluster_size}")
         return txns, embeddings
 
-    def _new_model(self, window_size: int) -> PHDBSCAN:
+    def _new_model(self, window_size: int, selection: str | None = None) -> PHDBSCAN:
         cfg = self.cfg
         max_size = max(cfg.min_cluster_size, int(cfg.max_cluster_share * window_size)) if cfg.max_cluster_share > 0 else 0
         return PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
-                        cluster_selection_method=cfg.cluster_selection_method, max_cluster_size=max_size)
+                        cluster_selection_method=selection or cfg.cluster_selection_method, max_cluster_size=max_size)
 
     def _cluster_full(self, ids: pa.ChunkedArray, features: np.ndarray) -> tuple[Assignment, list[dict[str, Any]]]:
         """pHDBSCAN over the whole window; clusters that continue the previous run's keep their keys."""
@@ -270,7 +270,8 @@ class ClusteringRun:
                                                                predicted.outlier_scores)
         assignment = Assignment(keys, probabilities, outlier_scores, predicted.persistence)
         pool = int(assignment.noise.sum())
-        emerging = cluster_noise(features, assignment, self._new_model(n), self.cfg.min_cluster_size,
+        emerging = cluster_noise(features, assignment, self._new_model(n, self.cfg.emerging_selection_method),
+                                 self.cfg.min_cluster_size,
                                  lambda rows, labels: cluster_keys(ids.take(pa.array(rows)), labels, run.partition))
         if emerging is not None:
             chain_refs.append(self.states.save_model(run, "model-emerging", emerging.model, emerging.keys))

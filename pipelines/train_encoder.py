@@ -45,7 +45,7 @@ def training_params(cfg: EncoderConfig) -> TrainingParams:
     return TrainingParams(
         epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, patience=cfg.patience,
         seed=cfg.seed,
-        objective=ObjectiveParams(temperature=cfg.temperature, mask_prob=cfg.mask_prob,
+        objective=ObjectiveParams(temperature=cfg.temperature, mask_prob=cfg.mask_prob, oov_prob=cfg.oov_prob,
                                   composition_weight=cfg.composition_weight),
     )
 

@@ -313,3 +313,21 @@ def test_rank_components_ranks_by_mean_cosine_gain_over_templates(tmp_path):
 def test_catalog_does_not_import_reviews():
     code = "import sys, lakelens.infra.catalog; assert 'lakelens.infra.reviews' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_result_tables_own_dt_column_is_not_replaced_by_the_run_folders_partition(tmp_path):
+    import pyarrow as pa
+
+    from lakelens.infra.config import LakelensConfig
+    from lakelens.infra.jobs import Job, run_job
+    from lakelens.infra.runs import InputFile
+
+    lake = Lake(tmp_path / "lake")
+    schema = pa.schema([("transaction_id", pa.string()), ("dt", pa.string())])
+    rows = pa.table({"transaction_id": ["a", "b"], "dt": ["2026-01-01", "2026-01-03"]}, schema=schema)
+    run_job(lake, Job("window-job", "dt=2026-01-03", {}, [InputFile("seed", "seed/a", 1, 1, 0)],
+                      lambda run: run.write_table("per_transaction", rows), outputs={"per_transaction": schema},
+                      uses_ray=False), LakelensConfig())
+    con = open_catalog(lake)
+    assert con.execute("SELECT dt FROM per_transaction ORDER BY transaction_id").fetchall() == [
+        ("2026-01-01",), ("2026-01-03",)]

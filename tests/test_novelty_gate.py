@@ -102,3 +102,17 @@ def test_emerging_clusters_carry_novelty_distinctive_and_unseen_event_types_and_
     assert rows["ck-new"]["novelty"] == 0.8 and rows["ck-new"]["unseen_event_types"] == ["qr_login"]
     assert "never saw" in rows["ck-new"]["narrative"] and "None of them is labelled" in rows["ck-new"]["narrative"]
     assert rows["ck-old"]["narrative"] == ""
+
+
+def test_pure_fraud_clusters_are_flagged_even_where_labels_are_mostly_chargebacks():
+    from lakelens.operators.risk import RiskThresholds, cluster_risk, required_lift
+
+    # a window whose labels are 40 % fraud: no cluster can reach a lift of 3 (at most 2.5)
+    clusters = np.array([0] * 100 + [1] * 100 + [2] * 100)
+    label = np.full(300, -1)
+    label[:40] = 1  # cluster 0: 40 labelled, all fraud
+    label[100:130] = 0  # cluster 1: 30 labelled, all legit
+    label[200:230] = 0
+    risk = cluster_risk(clusters, label, np.zeros(300, bool), np.ones(300), np.ones(3), RiskThresholds())
+    assert risk.column("flagged").to_pylist() == [True, False, False]
+    assert required_lift(3.0, 0.4) == 1.75 and required_lift(3.0, 0.05) == 3.0

@@ -20,13 +20,16 @@ from torch import nn
 
 from lakelens.operators.encoder.batching import TIME_SCALE
 from lakelens.operators.encoder.model import TimeAttentionBiLSTM
-from lakelens.operators.encoder.vocabulary import MASK_ID, PAD_ID
+from lakelens.operators.encoder.vocabulary import MASK_ID, OOV_ID, PAD_ID
 
 
 @dataclass(frozen=True)
 class ObjectiveParams:
     temperature: float = 0.1
     mask_prob: float = 0.15
+    # events a view shows as "never seen" (the OOV id): an app release renames events, and the embedding
+    # of a flow with a few unknown steps should stay near the same flow with known ones
+    oov_prob: float = 0.0
     min_crop: float = 0.6  # a view keeps at least this share of the events
     time_noise: float = 0.05  # std of the jitter on (scaled) time features
     masked_event_weight: float = 1.0
@@ -62,6 +65,9 @@ def augment(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, pa
     new_times = new_times + noise * valid[..., None]
     masked = valid & (torch.rand(n, width, generator=generator, device=device) < params.mask_prob)
     new_tokens = torch.where(masked, torch.full_like(targets, MASK_ID), targets)
+    if params.oov_prob > 0:
+        unseen = valid & ~masked & (torch.rand(n, width, generator=generator, device=device) < params.oov_prob)
+        new_tokens = torch.where(unseen, torch.full_like(targets, OOV_ID), new_tokens)
     return View(new_tokens, new_times, crop, masked, targets, session)
 
 
