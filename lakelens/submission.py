@@ -193,14 +193,20 @@ def connect(address: str):
 
 
 def attempts_of(client, base_id: str) -> list[tuple[int, Any]]:
-    """(attempt number, JobDetails) of every submission of this base id, oldest first."""
-    pattern = re.compile(re.escape(base_id) + r"(?:-a(\d+))?$")
-    found = []
-    for details in client.list_jobs():
-        match = pattern.match(details.submission_id or "")
-        if match:
-            found.append((int(match.group(1) or 1), details))
-    return sorted(found, key=lambda pair: pair[0])
+    """(attempt number, JobDetails) of every submission of this base id, oldest first.
+
+    Asked one id at a time (base, base-a2, ...): a direct lookup, cheaper than listing a long-lived
+    cluster's whole job history, and it never misses a job whose record is being rewritten."""
+    found, attempt = [], 1
+    while True:
+        submission_id = base_id if attempt == 1 else f"{base_id}-a{attempt}"
+        try:
+            found.append((attempt, client.get_job_info(submission_id)))
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return found
+            raise
+        attempt += 1
 
 
 def exit_code_of(details) -> int:
@@ -399,11 +405,16 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
     client = connect(args.address)
     details = _details(client, args.id)
-    if not args.follow:
+    code = 0
+    if args.follow:  # streamed as it comes (to stderr under --json), then the job's exit code
+        _follow(client, args.id, sys.stderr if args.json else sys.stdout)
+        details = _wait(client, args.id)
+        code = exit_code_of(details)
+    if args.json:
+        print(json.dumps({**_job_row(details), "logs": client.get_job_logs(args.id), "exit_code": code}, indent=2))
+    elif not args.follow:
         sys.stdout.write(client.get_job_logs(args.id))
-        return 0
-    _follow(client, args.id, sys.stdout)
-    return exit_code_of(_wait(client, args.id))
+    return code
 
 
 def cmd_jobs_stop(args: argparse.Namespace) -> int:
@@ -464,7 +475,8 @@ def add_submission_commands(sub) -> None:
               "lakelens jobs status lakelens-behavior-clusters-dt=2026-01-03-0123456789 --address http://HEAD:8265",
               json_help="print it as JSON")
     lg = _add(jobs_sub, "logs", "a job's logs", cmd_jobs_logs,
-              "lakelens jobs logs lakelens-behavior-clusters-dt=2026-01-03-0123456789 --follow --address http://HEAD:8265")
+              "lakelens jobs logs lakelens-behavior-clusters-dt=2026-01-03-0123456789 --follow --address http://HEAD:8265",
+              json_help="print the status and the whole log as JSON (with --follow: after streaming it to stderr)")
     lg.add_argument("--follow", action="store_true", help="stream until the job ends, then exit with its status")
     sp = _add(jobs_sub, "stop", "stop a pending or running job", cmd_jobs_stop,
               "lakelens jobs stop lakelens-behavior-clusters-dt=2026-01-03-0123456789 --address http://HEAD:8265",

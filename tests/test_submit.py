@@ -278,18 +278,37 @@ def test_submit_runs_once_fails_plainly_retries_and_publishes(ray_head, s3_stora
     status = _json(_lakelens(env, "jobs", "status", base + "-a2", "--address", address, "--json"))
     assert status["job"] == "build-sequences" and status["partition"] == f"dt={TEST_DAY}"
     assert _lakelens(env, "jobs", "logs", base, "--follow", "--address", address).returncode == 2
+    followed = _lakelens(env, "jobs", "logs", base + "-a2", "--follow", "--json", "--address", address)
+    assert followed.returncode == 0 and "build-sequences: published" in _json(followed)["logs"]
     print(f"\ndouble submission ids: {base} (FAILED), {base}-a2 (SUCCEEDED after --retry); "
           f"repeats started nothing")
 
-    # 5. the results, through the catalog; the config that travelled was the one used (max_len 16)
+    # 5. a stopped submission: stop ends it, and a repeat without --retry reports it and exits 1
+    other = ["submit", "build-sequences", "--address", address, "--lake", lake_uri, "--date", str(TEST_START),
+             "--config", str(config), "--json"]
+    started = _json(_lakelens(env, *other))
+    assert started["submitted"] and started["status"] in ("PENDING", "RUNNING")
+    stopped = _lakelens(env, "jobs", "stop", started["submission_id"], "--address", address, "--json")
+    assert stopped.returncode == 0 and _json(stopped)["stop_requested"]
+    deadline = time.monotonic() + 120
+    while _json(_lakelens(env, "jobs", "status", started["submission_id"], "--address", address, "--json"))[
+            "status"] != "STOPPED":
+        assert time.monotonic() < deadline, "the stopped job never reached STOPPED"
+        time.sleep(1)
+    repeat = _lakelens(env, *other)
+    assert repeat.returncode == 1, f"{started}\n{repeat.stdout}\n{repeat.stderr[-2000:]}"
+    assert not _json(repeat)["submitted"] and _json(repeat)["status"] == "STOPPED"
+
+    # 6. the results, through the catalog; the config that travelled was the one used (max_len 16)
     con = open_catalog(Lake(lake_uri, s3_storage))
-    runs = con.execute("SELECT job, partition, params FROM runs").fetchall()
+    runs = con.execute(f"SELECT job, partition, params FROM runs WHERE partition = 'dt={TEST_DAY}'").fetchall()
     assert [(job, partition) for job, partition, _ in runs] == [("build-sequences", f"dt={TEST_DAY}")]
     assert json.loads(runs[0][2])["max_len"] == 16
-    assert con.execute("SELECT count(*), max(n_events) FROM sequences").fetchone()[0] > 0
-    assert con.execute("SELECT max(n_events) FROM sequences").fetchone()[0] <= 16
+    count, longest = con.execute(f"SELECT count(*), max(n_events) FROM sequences WHERE dt = DATE '{TEST_DAY}'"
+                                 ).fetchone()
+    assert count > 0 and longest <= 16
 
-    # 6. the endpoint travelled; the credentials did not (the cluster's environment had them)
+    # 7. the endpoint travelled; the credentials did not (the cluster's environment had them)
     for submission_id in (base, base + "-a2"):
         shown = _lakelens(env, "jobs", "status", submission_id, "--address", address, "--json")
         info = _json(shown)
