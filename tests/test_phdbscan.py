@@ -270,12 +270,25 @@ def test_fit_stages_log_elapsed_seconds_and_sizes(caplog):
     assert steps["knn graph"].sizes["points"] == 640 and steps["hdbscan fit"].sizes["clusters"] >= 2
 
 
-def test_nan_or_inf_rows_give_an_error_naming_the_count():
-    X = np.random.default_rng(0).normal(size=(100, 3))
-    X[[3, 50, 51]] = np.nan
-    X[7, 1] = np.inf
-    with pytest.raises(ValueError, match=r"4 rows contain NaN or inf \(first at row 3\)"):
-        PHDBSCAN().fit(X)
+def test_rows_with_nan_or_inf_are_noise_and_leave_the_others_unchanged_as_in_the_peers():
+    X = _blobs_with_noise(600, seed=2)
+    bad = [3, 50, 51, 7]
+    dirty = X.copy()
+    dirty[[3, 50, 51]] = np.nan
+    dirty[7, 1] = np.inf
+    model = PHDBSCAN(min_cluster_size=20).fit(dirty)
+    clean_rows = np.setdiff1d(np.arange(len(X)), bad)
+    clean = PHDBSCAN(min_cluster_size=20).fit(X[clean_rows])
+    assert (model.labels_[bad] == -1).all() and (model.probabilities_[bad] == 0).all()
+    assert (model.outlier_scores_[bad] == 1).all()
+    assert np.array_equal(model.labels_[clean_rows], clean.labels_)
+    # the trees hold every row: the left-out ones leave the root at lambda 0 / join at distance inf
+    tree = model.condensed_tree_.to_numpy()
+    assert set(tree["child"][tree["lambda_val"] == 0]) >= set(bad)
+    assert np.isinf(model.single_linkage_tree_.to_numpy()[-len(bad):, 2]).all()
+    # new points must still be finite
+    with pytest.raises(ValueError, match=r"1 rows contain NaN or inf \(first at row 0\)"):
+        model.predict_with_scores(dirty[[3]])
 
 
 def test_edge_cases_work_or_fail_clearly():
@@ -295,9 +308,9 @@ def test_edge_cases_work_or_fail_clearly():
     assert adjusted_rand_score(as16, as64) > 0.9
     with pytest.raises(ValueError, match="2-d array"):
         PHDBSCAN().fit(np.zeros(10))
-    with pytest.raises(ValueError, match="min_cluster_size must be >= 2"):
+    with pytest.raises(ValueError, match="Min cluster size must be greater than one"):  # hdbscan's messages
         PHDBSCAN(min_cluster_size=1).fit(X)
-    with pytest.raises(ValueError, match="cluster_selection_method"):
+    with pytest.raises(ValueError, match="Invalid Cluster Selection Method"):
         PHDBSCAN(cluster_selection_method="best").fit(X)
 
 

@@ -12,6 +12,7 @@ in single-node and sharded runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numba import njit
@@ -136,15 +137,28 @@ def knn_spanning_forest(graph: KnnGraph, core: np.ndarray, rows: np.ndarray | No
     forest is the one Kruskal over `knn_edges` gives. `rows` gives the global ids of the graph's
     rows, as one shard does; ids index `core`.
     """
-    sources = np.arange(graph.indices.shape[0], dtype=np.int64) if rows is None else rows.astype(np.int64)
-    a, b, w = _boruvka(sources, np.ascontiguousarray(graph.indices, dtype=np.int64),
-                       np.ascontiguousarray(graph.distances, dtype=np.float64), np.ascontiguousarray(core, np.float64))
+    n_rows, k = graph.indices.shape
+    indptr = np.arange(0, n_rows * k + 1, k, dtype=np.int64)
+    return csr_spanning_forest(indptr, graph.indices.reshape(-1), graph.distances.reshape(-1), core, rows)
+
+
+def csr_spanning_forest(indptr: np.ndarray, indices: np.ndarray, distances: np.ndarray, core: np.ndarray,
+                        rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """`knn_spanning_forest` over a graph in CSR form (rows of any length), e.g. a precomputed sparse
+    distance matrix, which is a kNN graph already. Entries may be directed and may weigh inf."""
+    n_rows = indptr.size - 1
+    sources = np.arange(n_rows, dtype=np.int64) if rows is None else rows.astype(np.int64)
+    a, b, w = _boruvka(sources, np.ascontiguousarray(indptr, dtype=np.int64),
+                       np.ascontiguousarray(indices, dtype=np.int64), np.ascontiguousarray(distances, dtype=np.float64),
+                       np.ascontiguousarray(core, np.float64))
     order = edge_order(a, b, w, core.size)
     return a[order], b[order], w[order]
 
 
 @njit(cache=True)
 def _lighter(w1: float, lo1: int, hi1: int, w2: float, lo2: int, hi2: int) -> bool:
+    if lo2 < 0:  # nothing found yet: any edge, even one of weight inf, is lighter
+        return True
     if w1 != w2:
         return w1 < w2
     if lo1 != lo2:
@@ -153,9 +167,9 @@ def _lighter(w1: float, lo1: int, hi1: int, w2: float, lo2: int, hi2: int) -> bo
 
 
 @njit(cache=True)
-def _boruvka(sources: np.ndarray, indices: np.ndarray, distances: np.ndarray, core: np.ndarray):
+def _boruvka(sources: np.ndarray, indptr: np.ndarray, indices: np.ndarray, distances: np.ndarray, core: np.ndarray):
     n = core.size
-    n_rows, k = indices.shape
+    n_rows = sources.size
     parent = np.arange(n)
     comp = np.arange(n)
     live = np.ones(n_rows, dtype=np.bool_)  # rows with a neighbour outside their component
@@ -173,15 +187,15 @@ def _boruvka(sources: np.ndarray, indices: np.ndarray, distances: np.ndarray, co
             i = sources[r]
             ci = comp[i]
             outside = False
-            for t in range(k):
-                j = indices[r, t]
+            for t in range(indptr[r], indptr[r + 1]):
+                j = indices[t]
                 if j < 0 or j == i:
                     continue
                 cj = comp[j]
                 if ci == cj:
                     continue
                 outside = True
-                w = max(max(core[i], core[j]), distances[r, t])
+                w = max(max(core[i], core[j]), distances[t])
                 lo = min(i, j)
                 hi = max(i, j)
                 if _lighter(w, lo, hi, best_w[ci], best_lo[ci], best_hi[ci]):
@@ -386,3 +400,55 @@ def _search_edges(data: np.ndarray, core: np.ndarray, queries: np.ndarray, pool:
         pending = pending[still]
         k = min(2 * k, pool.size)
     return best
+
+
+def connect_components_by_rows(rows: Callable[[np.ndarray], np.ndarray], core: np.ndarray, a: np.ndarray,
+                               b: np.ndarray, w: np.ndarray, alpha: float = 1.0, block: int = 1 << 22,
+                               report: JoinReport | None = None) -> tuple[np.ndarray, ...]:
+    """`connect_components` for any metric: `rows(ids)` gives the exact distances from those points to
+    every point, shape (len(ids), n) (a precomputed matrix's rows, or pairwise distances under a metric).
+
+    Borůvka rounds as in `connect_components`: every component but the largest finds its lightest
+    mutual-reachability edge max(core_m, core_o, d(m, o) / alpha) to any outside point, exactly,
+    by scanning its members' rows (in blocks of about `block` distances). A component whose every
+    outside distance is inf (a precomputed matrix with missing distances) joins by an inf edge.
+    Cost per round: (points outside the largest component) x n distance evaluations.
+    """
+    n = core.size
+    labels = component_labels(n, a, b)
+    report = report if report is not None else JoinReport()
+    report.components = int(labels.max()) + 1
+    while labels.max() > 0:
+        sizes = np.bincount(labels)
+        report.rounds += 1
+        largest = int(np.argmax(sizes))
+        found = []
+        for comp in range(sizes.size):
+            if comp == largest:
+                continue
+            members = np.flatnonzero(labels == comp)
+            outside = labels != comp
+            best = (np.inf, np.inf, np.inf)
+            step = max(1, block // max(n, 1))
+            for lo in range(0, members.size, step):
+                chunk = members[lo:lo + step]
+                d = np.asarray(rows(chunk), dtype=np.float64)
+                if alpha != 1.0:
+                    d = d / alpha
+                weight = np.maximum(np.maximum(core[chunk][:, None], core[None, :]), d)
+                weight[np.isnan(weight)] = np.inf
+                weight[:, ~outside] = np.inf
+                top = weight.min()
+                rows_at, cols_at = np.nonzero((weight == top) & outside[None, :])
+                m, o = chunk[rows_at], cols_at
+                lo_end, hi_end = np.minimum(m, o), np.maximum(m, o)
+                pick = np.lexsort((hi_end, lo_end))[0]
+                best = min(best, (float(top), float(lo_end[pick]), float(hi_end[pick])))
+            found.append(best)
+            report.certified += 1
+        cand = np.unique(np.array(found), axis=0)
+        a, b, w = minimum_spanning_forest(
+            n, np.concatenate([a, cand[:, 1].astype(np.int64)]), np.concatenate([b, cand[:, 2].astype(np.int64)]),
+            np.concatenate([w, cand[:, 0]]))
+        labels = component_labels(n, a, b)
+    return a, b, w

@@ -55,8 +55,54 @@ def _single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.n
 
 
 def single_linkage(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """scipy-style linkage of a spanning tree's edges, merged in edge order.
+
+    Each merge's left side is the one nearer point 0 along the tree, the order Prim's algorithm
+    from point 0 gives (the hdbscan library's exact algorithms), so clusters are numbered as there.
+    """
+    a, b = orient_from_first_point(n, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
     order = edge_order(np.minimum(a, b), np.maximum(a, b), w, n)
-    return _single_linkage(n, a[order].astype(np.int64), b[order].astype(np.int64), w[order].astype(np.float64))
+    return _single_linkage(n, a[order], b[order], w[order].astype(np.float64))
+
+
+@njit(cache=True)
+def orient_from_first_point(n: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each tree edge as (endpoint nearer point 0, the other); a forest's other parts from their smallest point."""
+    degree = np.zeros(n + 1, dtype=np.int64)
+    for e in range(a.size):
+        degree[a[e] + 1] += 1
+        degree[b[e] + 1] += 1
+    start = np.cumsum(degree)
+    fill = start[:n].copy()
+    neighbour = np.empty(2 * a.size, dtype=np.int64)
+    for e in range(a.size):
+        neighbour[fill[a[e]]] = b[e]
+        fill[a[e]] += 1
+        neighbour[fill[b[e]]] = a[e]
+        fill[b[e]] += 1
+    depth = np.full(n, -1, dtype=np.int64)
+    queue = np.empty(n, dtype=np.int64)
+    for source in range(n):
+        if depth[source] >= 0:
+            continue
+        depth[source] = 0
+        head, tail = 0, 1
+        queue[0] = source
+        while head < tail:
+            node = queue[head]
+            head += 1
+            for t in range(start[node], start[node + 1]):
+                other = neighbour[t]
+                if depth[other] < 0:
+                    depth[other] = depth[node] + 1
+                    queue[tail] = other
+                    tail += 1
+    near = a.copy()
+    far = b.copy()
+    for e in range(a.size):
+        if depth[b[e]] < depth[a[e]]:
+            near[e], far[e] = b[e], a[e]
+    return near, far
 
 
 @njit(cache=True)
@@ -175,12 +221,14 @@ class ClusterTree:
 
 def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster: bool = False,
                     cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None,
-                    max_cluster_size: int = 0) -> list[int]:
+                    max_cluster_size: int = 0, cluster_selection_epsilon_max: float = np.inf) -> list[int]:
     """Ids of the selected clusters, ascending.
 
     `max_cluster_size` (EOM only, 0 = no limit), as in the hdbscan library: a cluster larger than
     this is never selected; its subtree is taken instead, so one dominant mass cannot swallow
-    the small dense groups inside it.
+    the small dense groups inside it. `cluster_selection_epsilon_max` (EOM only): neither is a
+    cluster born at a distance above it. With `allow_single_cluster` the root is a candidate too,
+    its size the sum of its child clusters' (the hdbscan library's definitions).
     """
     if method not in ("eom", "leaf"):
         raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {method!r}")
@@ -190,12 +238,21 @@ def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster:
     if method == "eom":
         stability = ct.stability.copy()
         selected = np.zeros(n_clusters, dtype=bool)
+        sizes = ct.size.copy()
+        with np.errstate(divide="ignore"):
+            born_at = 1.0 / ct.birth  # distance at which each cluster appears
+        if allow_single_cluster:
+            sizes[0] = ct.size[ct.parent_of == ct.root].sum()
+            finite = tree["lambda_val"]
+            with np.errstate(divide="ignore"):
+                born_at[0] = np.max(1.0 / finite) if finite.size else np.inf
         candidates = ids[::-1] if allow_single_cluster else ids[::-1][:-1]
         for c in candidates:
             kids = ct.children(c)
             subtree = stability[kids - ct.root].sum()
-            too_big = max_cluster_size > 0 and ct.size[c - ct.root] > max_cluster_size
-            if (kids.size and subtree > stability[c - ct.root]) or too_big:
+            too_big = max_cluster_size > 0 and sizes[c - ct.root] > max_cluster_size
+            too_wide = born_at[c - ct.root] > cluster_selection_epsilon_max
+            if (kids.size and subtree > stability[c - ct.root]) or too_big or too_wide:
                 stability[c - ct.root] = subtree
             else:
                 selected[c - ct.root] = True
@@ -210,7 +267,7 @@ def select_clusters(tree: np.ndarray, method: str = "eom", allow_single_cluster:
     else:
         leaves = [int(c) for c in ids if c != ct.root and ct.children(c).size == 0]
         if not leaves:
-            return [ct.root] if allow_single_cluster else []
+            return []  # as in the hdbscan library: leaf selection never returns the root
         chosen = _epsilon_search(ct, leaves, cluster_selection_epsilon, allow_single_cluster) \
             if cluster_selection_epsilon else leaves
     return sorted(chosen)
@@ -257,20 +314,31 @@ def selected_owner(ct: ClusterTree, selected: list[int]) -> np.ndarray:
 
 
 def label_points(tree: np.ndarray, selected: list[int], n_points: int, allow_single_cluster: bool = False,
-                 cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None) -> np.ndarray:
-    """-1 for noise, else the index of the point's selected ancestor cluster in `selected`."""
+                 cluster_selection_epsilon: float = 0.0, ct: ClusterTree | None = None,
+                 match_reference_implementation: bool = False) -> np.ndarray:
+    """-1 for noise, else the index of the point's selected ancestor cluster in `selected`.
+
+    A single selected root (allow_single_cluster) keeps only the points whose own lambda reaches the
+    root's largest lambda (or 1 / epsilon); `match_reference_implementation` drops the points that
+    leave a cluster at its birth lambda, as the reference (Java) implementation does.
+    """
     ct = ct if ct is not None else ClusterTree.from_condensed(tree)
     owner = selected_owner(ct, selected)
     labels = np.full(n_points, -1, dtype=np.int64)
     points = tree[tree["child"] < ct.root]
     labels[points["child"]] = owner[points["parent"] - ct.root]
     if selected == [ct.root]:
-        # a single root cluster keeps only points that stay until the root's last split
-        at_root = points["parent"] == ct.root
         threshold = 1.0 / cluster_selection_epsilon if cluster_selection_epsilon else \
             tree["lambda_val"][tree["parent"] == ct.root].max()
-        keep = points["lambda_val"] >= threshold
-        labels[points["child"][at_root & ~keep]] = -1
+        labels[points["child"][points["lambda_val"] < threshold]] = -1
+    elif match_reference_implementation:
+        # the point's lambda against the birth lambda of the selected cluster it belongs to
+        label_of_row = owner[points["parent"] - ct.root]
+        member = label_of_row >= 0
+        cluster = np.asarray(selected, dtype=np.int64)[label_of_row[member]]
+        born = ct.birth[cluster - ct.root]
+        drop = points["child"][member][~(points["lambda_val"][member] > born)]
+        labels[drop] = -1
     return labels
 
 
@@ -329,3 +397,116 @@ def cluster_persistence(tree: np.ndarray, selected: list[int], ct: ClusterTree |
     max_lambda = lam.max() if lam.size and lam.max() > 0 else 1.0
     idx = np.array(selected) - ct.root
     return np.minimum(ct.stability[idx] / (ct.size[idx] * max_lambda), 1.0)
+
+
+def simplify_hierarchy(tree: np.ndarray, persistence_threshold: float) -> np.ndarray:
+    """Merge away the clusters whose persistence (lambda at their birth minus lambda of their
+    parent's split, over the subtree) is below the threshold: the hdbscan library's
+    `cluster_selection_persistence`, step for step (its float32 bookkeeping included)."""
+    tree = tree.copy()
+    if tree.size == 0:
+        return tree
+    n_points = int(tree["parent"][0])
+    cluster_tree = tree[tree["child"] >= n_points]
+    if cluster_tree.size == 0:
+        return tree
+    n_nodes = int(cluster_tree["child"][-1]) + 1
+    leaf = np.ones(n_nodes - n_points, dtype=bool)
+    leaf[cluster_tree["parent"] - n_points] = False
+    max_births = np.empty(n_nodes - n_points, dtype=np.float32)
+    max_births[tree["parent"] - n_points] = tree["lambda_val"]
+    parent_map = np.arange(n_points, n_nodes, dtype=np.int64)
+    lambda_map: dict[int, float] = {}
+    for idx in range(cluster_tree.size - 1, 0, -2):
+        parent = int(cluster_tree["parent"][idx])
+        children = cluster_tree["child"][idx - 1: idx + 1]
+        death = np.float32(cluster_tree["lambda_val"][idx])
+        nodes = children - n_points
+        births = max_births[nodes]
+        max_births[parent - n_points] = max(max_births[parent - n_points], births.max())
+        if (births.min() - death) >= persistence_threshold:
+            continue
+        sibling = int(births[0] <= births[1])
+        if leaf[nodes[sibling]]:
+            leaf[parent - n_points] = True
+        else:
+            lambda_map[int(children[1 - sibling])] = float(death)
+        parent_map[nodes] = parent
+    skipped = np.zeros(parent_map.size, dtype=bool)
+    for idx, parent in enumerate(parent_map):
+        parent_map[idx] = parent_map[parent - n_points]
+    for idx, parent in enumerate(parent_map):
+        skipped[idx] = parent != idx + n_points
+    cumulative = np.cumsum(skipped)
+    for idx, parent in enumerate(parent_map):
+        offset = cumulative[parent - n_points - 1] if parent - n_points > 0 else 0
+        parent_map[idx] = parent - offset
+    keep = np.ones(tree.size, dtype=bool)
+    for idx in range(tree.size):
+        parent, child = int(tree["parent"][idx]), int(tree["child"][idx])
+        keep[idx] = not skipped[max(child - n_points, 0)]
+        if not keep[idx]:
+            continue
+        tree["lambda_val"][idx] = lambda_map.get(parent, tree["lambda_val"][idx])
+        tree["parent"][idx] = parent_map[parent - n_points]
+        if child >= n_points:
+            tree["child"][idx] = parent_map[child - n_points]
+    return tree[keep]
+
+
+def labelling_at_cut(linkage: np.ndarray, cut: float, min_cluster_size: int) -> np.ndarray:
+    """DBSCAN* at one distance: the flat clustering of the single-linkage tree cut at `cut`;
+    components smaller than `min_cluster_size` are noise (-1). Labels follow the order of each
+    component's top merge."""
+    n = linkage.shape[0] + 1
+    top = np.arange(2 * n - 1)
+    for i in range(linkage.shape[0] - 1, -1, -1):  # parents before children: each takes its top
+        if linkage[i, 2] < cut:
+            top[int(linkage[i, 0])] = top[n + i]
+            top[int(linkage[i, 1])] = top[n + i]
+    roots = top[:n]
+    ids, inverse, counts = np.unique(roots, return_inverse=True, return_counts=True)
+    keep = counts >= min_cluster_size
+    number = np.full(ids.size, -1, dtype=np.int64)
+    number[keep] = np.arange(int(keep.sum()))
+    return number[inverse]
+
+
+def remap_condensed_tree(tree: np.ndarray, finite_rows: np.ndarray, n_raw: int) -> np.ndarray:
+    """A condensed tree of the finite rows renumbered to all rows: the non-finite rows leave the root
+    at lambda 0, as in the hdbscan library."""
+    n_finite = finite_rows.size
+    outliers = np.setdiff1d(np.arange(n_raw), finite_rows)
+    shift = outliers.size
+    out = tree.copy()
+    is_point = out["child"] < n_finite
+    out["child"] = np.where(is_point, finite_rows[np.minimum(out["child"], n_finite - 1)], out["child"] + shift)
+    out["parent"] = out["parent"] + shift
+    extra = np.empty(outliers.size, dtype=tree.dtype)
+    extra["parent"] = n_raw
+    extra["child"] = outliers
+    extra["lambda_val"] = 0.0
+    extra["child_size"] = 1
+    return np.concatenate([extra, out])
+
+
+def remap_single_linkage(linkage: np.ndarray, finite_rows: np.ndarray, n_raw: int) -> np.ndarray:
+    """A single-linkage tree of the finite rows renumbered to all rows: each non-finite row joins the
+    top at distance inf, as in the hdbscan library."""
+    n_finite = finite_rows.size
+    outliers = np.setdiff1d(np.arange(n_raw), finite_rows)
+    shift = outliers.size
+    out = linkage.copy()
+    for col in (0, 1):
+        node = out[:, col].astype(np.int64)
+        out[:, col] = np.where(node < n_finite, finite_rows[np.minimum(node, n_finite - 1)], node + shift)
+    # scipy numbering: merge row i creates node n_raw + i; each non-finite row joins the top so far
+    top = n_raw + n_finite - 2 if n_finite >= 2 else (int(finite_rows[0]) if n_finite else -1)
+    rows = []
+    for j, outlier in enumerate(outliers):
+        if top < 0:
+            top = int(outlier)
+            continue
+        rows.append((outlier, top, np.inf, n_finite + j + 1 - (0 if n_finite else 1)))
+        top = n_raw + n_finite - 1 + j - (0 if n_finite else 1)
+    return np.vstack([out, np.array(rows, dtype=np.float64).reshape(-1, 4)])
