@@ -140,6 +140,8 @@ class ClusterConfig:
     # 0 drops a feature family (the expert-only and embedding-only comparisons)
     expert_weight: NonNegFloat = 0.25
     embedding_weight: NonNegFloat = 1.0
+    # the signature of rare event types the encoder never saw (operators/features.unseen_signature)
+    unseen_weight: NonNegFloat = 1.0
     min_cluster_size: Annotated[int, Field(ge=2)] = 25
     min_samples: PosInt = 10
     cluster_selection_method: Literal["eom", "leaf"] = "eom"

@@ -113,8 +113,7 @@ def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN,
     model.fit(features[rows])
     labels = model.labels_
     from_pool = np.arange(rows.size) < pool.size
-    emerging = [c for c in np.unique(labels[labels >= 0])
-                if from_pool[labels == c].mean() >= 0.5 and (from_pool & (labels == c)).sum() >= min_points]
+    emerging = [c for c in np.unique(labels[labels >= 0]) if from_pool[labels == c].mean() >= 0.5]
     if not emerging:
         return None
     keep = np.isin(labels, emerging)

@@ -4,6 +4,7 @@ categoricals one-hot. No labels are involved; the scaling comes from the data it
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,3 +90,29 @@ def hybrid_features(expert_matrix: np.ndarray, embedding: np.ndarray, expert_wei
     if not blocks:
         raise ValueError("hybrid features need a positive expert or embedding weight")
     return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
+
+
+def unseen_signature(unseen: list[list[str]], dims: int = 16, max_share: float = 0.1) -> np.ndarray:
+    """(n, dims) unit rows: which rarely seen, never-trained event types each transaction's session used.
+
+    The encoder maps every event type it never saw to one token, so a new pattern built on new
+    event types looks to it like whatever known flow it shares. Their identity is kept here instead:
+    each type the encoder never saw and that appears in at most `max_share` of the window's
+    transactions is hashed to a signed dimension. Types that nearly everyone uses (an app release
+    renaming a step) are left out: they say nothing about who is unusual. Rows without such types are 0.
+    """
+    n = len(unseen)
+    out = np.zeros((n, dims), dtype=np.float32)
+    if n == 0:
+        return out
+    frequency: dict[str, int] = {}
+    for types in unseen:
+        for t in set(types or ()):
+            frequency[t] = frequency.get(t, 0) + 1
+    rare = {t for t, count in frequency.items() if count <= max_share * n}
+    for row, types in enumerate(unseen):
+        for t in set(types or ()) & rare:
+            digest = zlib.crc32(t.encode())
+            out[row, digest % dims] += 1.0 if (digest >> 16) & 1 else -1.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=out, where=norms > 0)

@@ -42,7 +42,7 @@ from lakelens.operators.cluster_tables import (
     CLUSTERS_SCHEMA, RULES_SCHEMA, cluster_keys, clusters_table, rules_table, txn_clusters_schema,
 )
 from lakelens.operators.encoder.checkpoint import LoadedEncoder
-from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features
+from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features, unseen_signature
 from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.lineage import GONE, LineageParams, centroids, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
@@ -68,7 +68,7 @@ def spec_of(cfg: ClusterConfig) -> ExpertFeatureSpec:
 def clustering_fingerprint(cfg: ClusterConfig, model: str) -> str:
     """What must be unchanged for new transactions to join yesterday's clusters."""
     return fingerprint_hash({"model": model, "spec": vars(spec_of(cfg)), "weights": [cfg.expert_weight,
-                             cfg.embedding_weight], "hdbscan": [cfg.min_cluster_size, cfg.min_samples,
+                             cfg.embedding_weight, cfg.unseen_weight], "hdbscan": [cfg.min_cluster_size, cfg.min_samples,
                                                                 cfg.cluster_selection_method, cfg.max_cluster_share]},
                             length=16)
 
@@ -163,6 +163,9 @@ class ClusteringRun:
             embedding = np.asarray(embeddings.column("embedding").combine_chunks().values,
                                    dtype=np.float32).reshape(txns.num_rows, -1)
             features = hybrid_features(encoder.transform(txns), embedding, cfg.expert_weight, cfg.embedding_weight)
+            if cfg.unseen_weight > 0:  # new event types the encoder cannot tell apart (operators/features.py)
+                signature = unseen_signature(embeddings.column("unseen_event_types").to_pylist())
+                features = np.hstack([features, cfg.unseen_weight * signature]).astype(np.float32)
         ids = txns.column("transaction_id")
         with run.stage("cluster"):
             assignment, chain = (self._cluster_incremental(ids, features) if self.continues
@@ -206,7 +209,8 @@ class ClusteringRun:
             txns = collect_table(read_validated(run, TRANSACTIONS, txn_files, columns=columns),
                                  pa.schema([])).drop_columns([SOURCE_FILE, SOURCE_ROW])
             embeddings = pa.concat_tables([
-                run.lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events", *timing])
+                run.lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events",
+                                                     "unseen_event_types", *timing])
                 for i in run.inputs if i.table == EMBEDDINGS]).sort_by("transaction_id")
             # a transaction without a sequence cannot be clustered
             keep = pc.is_in(txns.column("transaction_id"), value_set=embeddings.column("transaction_id"))

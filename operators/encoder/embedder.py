@@ -13,6 +13,7 @@ import torch
 
 from lakelens.operators.encoder.batching import pad_sequences
 from lakelens.operators.encoder.checkpoint import LoadedEncoder
+from lakelens.operators.encoder.vocabulary import OOV_ID
 from lakelens.operators.timing import TIMING_COLUMNS
 
 TOP_EVENT = pa.struct([("position", pa.int32()), ("event_id", pa.string()), ("event_type", pa.string()),
@@ -35,6 +36,7 @@ def embedding_schema(dim: int) -> pa.Schema:
         ("run_id", pa.string()),
         # the session's timing regularity (operators/timing.py), as the encoder read it: optional expert features
         *[(name, pa.float32()) for name in TIMING_COLUMNS],
+        ("unseen_event_types", pa.list_(pa.string())),  # distinct event types of the sequence the encoder never saw
     ])
 
 
@@ -74,8 +76,21 @@ class SequenceEmbedder:
             "model_version": pa.array([self.model.version] * n, pa.string()),
             "run_id": pa.array([self.run_id] * n, pa.string()),
             **{name: pa.array(padded.session[:, i]) for i, name in enumerate(TIMING_COLUMNS)},
+            "unseen_event_types": self._unseen(batch),
         }
         return pa.table(columns, schema=self.schema)
+
+    def _unseen(self, batch: pa.Table) -> pa.Array:
+        """Per sequence, its distinct event types outside the encoder's vocabulary, in first-seen order."""
+        types = batch.column("event_types").combine_chunks()
+        unknown = self.model.vocabulary.encode(types.values) == OOV_ID
+        row = pc.list_parent_indices(types).to_numpy()[unknown]
+        names = types.values.filter(pa.array(unknown)).to_pylist()
+        found: list[list[str]] = [[] for _ in range(len(types))]
+        for r, name in zip(row, names):
+            if name is not None and name not in found[r]:
+                found[r].append(name)
+        return pa.array(found, pa.list_(pa.string()))
 
     def _top_events(self, batch: pa.Table, lengths: np.ndarray, start: np.ndarray, attention: np.ndarray) -> pa.Array:
         """The k most-attended events of each sequence, heaviest first (ties: the later event)."""
