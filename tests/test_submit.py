@@ -3,9 +3,11 @@ submission plan (ids, the command sent, what travels) without one; `embed.device
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -192,7 +194,7 @@ def ray_head(s3_endpoint):
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--dashboard-host", "127.0.0.1",
                              "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
                              *(f"--{name}={port}" for name, port in ports.items())],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
@@ -209,11 +211,14 @@ def ray_head(s3_endpoint):
         client_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
         yield address, {**client_env, **auth}
     finally:
-        head.terminate()  # this head only; `ray stop` would stop every Ray on the machine
-        try:
-            head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        # this head's processes only (its own session); `ray stop` would stop every Ray on the machine
+        # (a graceful `ray start --block` shutdown takes ~35 s; the session is thrown away, so 5 s will do)
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the session is still there
+        head.wait(timeout=30)
         log.close()
 
 
