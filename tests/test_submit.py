@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,6 +221,7 @@ def ray_head(s3_endpoint):
             os.killpg(head.pid, signal.SIGKILL)  # whatever of the session is still there
         head.wait(timeout=30)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs and the token
 
 
 def _lakelens(env, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
