@@ -151,7 +151,7 @@ class MetricBackend:
 
             name = NNDESCENT_METRICS.get(self.metric, self.metric)
             index = NNDescent(self.data, metric=name, metric_kwds=self.metric_kwargs or None,
-                              n_neighbors=max(k, 2), random_state=self.seed, n_jobs=self.n_jobs or 1,
+                              n_neighbors=max(k, 2), random_state=self.seed, n_jobs=None,
                               low_memory=True, compressed=False)
             return index
         from sklearn.neighbors import NearestNeighbors

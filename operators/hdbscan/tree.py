@@ -456,20 +456,52 @@ def simplify_hierarchy(tree: np.ndarray, persistence_threshold: float) -> np.nda
 
 def labelling_at_cut(linkage: np.ndarray, cut: float, min_cluster_size: int) -> np.ndarray:
     """DBSCAN* at one distance: the flat clustering of the single-linkage tree cut at `cut`;
-    components smaller than `min_cluster_size` are noise (-1). Labels follow the order of each
-    component's top merge."""
-    n = linkage.shape[0] + 1
-    top = np.arange(2 * n - 1)
-    for i in range(linkage.shape[0] - 1, -1, -1):  # parents before children: each takes its top
-        if linkage[i, 2] < cut:
-            top[int(linkage[i, 0])] = top[n + i]
-            top[int(linkage[i, 1])] = top[n + i]
-    roots = top[:n]
+    components smaller than `min_cluster_size` are noise (-1). Components are numbered as the
+    peers number them (by their union-find representative)."""
+    roots = _roots_at_cut(np.ascontiguousarray(linkage, dtype=np.float64), float(cut))
     ids, inverse, counts = np.unique(roots, return_inverse=True, return_counts=True)
     keep = counts >= min_cluster_size
     number = np.full(ids.size, -1, dtype=np.int64)
     number[keep] = np.arange(int(keep.sum()))
     return number[inverse]
+
+
+@njit(cache=True)
+def _uf_find(parent: np.ndarray, x: int) -> int:
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:
+        nxt = parent[x]
+        parent[x] = root
+        x = nxt
+    return root
+
+
+@njit(cache=True)
+def _roots_at_cut(linkage: np.ndarray, cut: float) -> np.ndarray:
+    """Each point's union-find representative after merging every linkage row below `cut`
+    (union by rank, ties to the first argument: the peers' TreeUnionFind)."""
+    n = linkage.shape[0] + 1
+    parent = np.arange(2 * n - 1)
+    rank = np.zeros(2 * n - 1, dtype=np.int64)
+    for i in range(linkage.shape[0]):
+        if linkage[i, 2] < cut:
+            node = n + i
+            for side in range(2):
+                x = _uf_find(parent, np.int64(linkage[i, side]))
+                y = _uf_find(parent, node)
+                if rank[x] < rank[y]:
+                    parent[x] = y
+                elif rank[x] > rank[y]:
+                    parent[y] = x
+                else:
+                    parent[y] = x
+                    rank[x] += 1
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = _uf_find(parent, i)
+    return out
 
 
 def remap_condensed_tree(tree: np.ndarray, finite_rows: np.ndarray, n_raw: int) -> np.ndarray:
