@@ -19,7 +19,12 @@ from sklearn.neighbors import kneighbors_graph
 
 import hdbscan as reference
 import lakelens.operators.hdbscan as ours
-from lakelens.operators.hdbscan.mst import connect_components_by_rows, csr_spanning_forest, knn_edges
+from lakelens.operators.hdbscan.mst import (
+    JoinReport,
+    connect_components,
+    connect_components_by_rows,
+    csr_spanning_forest,
+)
 from lakelens.operators.hdbscan.sklearn import HDBSCAN as SkHDBSCAN
 from lakelens.operators.hdbscan.tree import labelling_at_cut, orient_from_first_point, simplify_hierarchy
 
@@ -161,24 +166,29 @@ def test_the_csr_spanning_forest_is_the_minimum_spanning_forest():
     assert a.size == 1 and np.isinf(w[0])
 
 
-def test_joins_by_distance_rows_are_exact_under_any_metric():
+def test_joins_are_exact_under_any_metric_and_alpha():
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(0, 0.3, (120, 2)), rng.normal(0, 0.3, (100, 2)) + [30, 0],
                    rng.normal(0, 0.3, (80, 2)) + [0, 20]])
     D = cdist(X, X, "cityblock")
     core = np.sort(D, axis=1)[:, 5]
-    graph = type("G", (), {})()
-    order = np.argsort(D, axis=1)[:, :8]
-    graph.indices, graph.distances = order, np.take_along_axis(D, order, axis=1)
-    lo, hi, w = knn_edges(graph, core)
-    from lakelens.operators.hdbscan.mst import minimum_spanning_forest
-
-    a, b, w = minimum_spanning_forest(len(X), lo, hi, w)
-    assert a.size < len(X) - 1
-    a, b, w = connect_components_by_rows(lambda ids: D[ids], core, a, b, w)
-    full = np.maximum(np.maximum(core[:, None], core[None, :]), D)
-    np.fill_diagonal(full, 0)
-    assert a.size == len(X) - 1 and w.sum() == pytest.approx(minimum_spanning_tree(full).sum(), rel=1e-12)
+    island = np.repeat([0, 1, 2], [120, 100, 80])
+    for alpha in (1.0, 1.7):
+        full = np.maximum(np.maximum(core[:, None], core[None, :]), D / alpha)
+        np.fill_diagonal(full, 0)
+        expected = minimum_spanning_tree(full).sum()
+        # each island's exact spanning tree: the joins must add exactly the lightest edges between islands
+        inside = minimum_spanning_tree(np.where(island[:, None] == island[None, :], full, 0)).tocoo()
+        forest = (inside.row.astype(np.int64), inside.col.astype(np.int64), inside.data)
+        assert forest[0].size == len(X) - 3
+        # scanning whole rows (any metric), and pruning by pivot cells (metrics with the triangle inequality)
+        by_rows = connect_components_by_rows(lambda ids: D[ids], core, *forest, alpha=alpha)
+        report = JoinReport()
+        by_cells = connect_components(None, core, *forest, block=lambda r, c: D[np.ix_(r, c)], alpha=alpha,
+                                      report=report)
+        assert report.exact and report.components == 3
+        for a, b, w in (by_rows, by_cells):
+            assert a.size == len(X) - 1 and w.sum() == pytest.approx(expected, rel=1e-12)
 
 
 def test_sparse_features_cluster_like_dense_ones():

@@ -33,6 +33,9 @@ EXACT_MAX_N = 20_000
 DENSIFY_MAX_CELLS = 50_000_000
 
 FAISS_METRICS = {"euclidean", "l2", "cosine", "arccos"}
+# metrics with the triangle inequality: component joins may bound distances through pivot cells
+TRIANGLE_METRICS = {"euclidean", "manhattan", "chebyshev", "minkowski", "seuclidean", "mahalanobis", "canberra",
+                    "haversine", "hamming", "jaccard", "arccos"}
 ALIASES = {"l2": "euclidean", "l1": "manhattan", "cityblock": "manhattan", "infinity": "chebyshev", "p": "minkowski"}
 # scikit-learn metric name -> pynndescent's, for the metrics whose parameters mean the same in both
 NNDESCENT_METRICS = {
@@ -109,6 +112,13 @@ class FaissBackend:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return self.to_metric(_euclidean(self.data[ids], self.data))
+
+    def block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        return self.to_metric(_euclidean(self.data[rows_a], self.data[rows_b]))
+
+    @property
+    def triangle(self) -> bool:
+        return self.metric in ("euclidean", "arccos")
 
     def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.to_metric(_euclidean(a, b))
@@ -187,6 +197,16 @@ class MetricBackend:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return self.pairwise(self.data[ids], self.data)
 
+    def block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        return self.pairwise(self.data[rows_a], self.data[rows_b])
+
+    @property
+    def triangle(self) -> bool:
+        """Whether the metric obeys the triangle inequality (then joins can prune by pivot cells)."""
+        if callable(self.metric) or self.metric not in TRIANGLE_METRICS:
+            return False
+        return self.metric != "minkowski" or float(self.metric_kwargs.get("p", 2)) >= 1
+
     def pairwise(self, a, b) -> np.ndarray:
         import warnings
 
@@ -251,6 +271,11 @@ class PrecomputedBackend:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self.matrix[ids], dtype=np.float64)
+
+    def block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix[np.ix_(rows_a, rows_b)], dtype=np.float64)
+
+    triangle = False  # nothing is known about a matrix's distances
 
     def pairwise(self, a, b) -> np.ndarray:
         raise ValueError("no vectors: the model was fitted on precomputed distances")

@@ -255,7 +255,14 @@ def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None
         joins = JoinReport()
         if a.size < n - 1:
             step_started = time.perf_counter()
-            a, b, w = connect_components_by_rows(backend.rows, core, a, b, w, alpha=params.alpha, report=joins)
+            if backend.kind == "faiss" and backend.metric == "euclidean":  # d / alpha is the distance of rows / alpha
+                a, b, w = connect_components(backend.data / np.float32(params.alpha), core, a, b, w, seed=params.seed,
+                                             pair_budget=params.join_pair_budget, report=joins)
+            elif backend.triangle:  # pivot cells bound the distances; exact blocks search the rest
+                a, b, w = connect_components(None, core, a, b, w, seed=params.seed, pair_budget=params.join_pair_budget,
+                                             report=joins, block=backend.block, alpha=params.alpha)
+            else:  # no triangle inequality to prune with: scan exact distance rows
+                a, b, w = connect_components_by_rows(backend.rows, core, a, b, w, alpha=params.alpha, report=joins)
             log_step(log, "component joins", step_started, components=joins.components, rounds=joins.rounds,
                      certified=joins.certified, budgeted=joins.budgeted)
     timings["mst"] = time.perf_counter() - started

@@ -264,6 +264,40 @@ class CoarseCells:
             to_centroid[lo:hi] = np.linalg.norm(data[lo:hi].astype(np.float64) - centroids[cell[lo:hi]], axis=1)
         return cls(centroids, cell, to_centroid)
 
+    def distances_from(self, data: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Euclidean distances from data[rows] to every centroid, shape (len(rows), cells)."""
+        points = data[rows].astype(np.float64)
+        return np.sqrt(np.maximum(
+            (points ** 2).sum(1)[:, None] + (self.centroids ** 2).sum(1)[None, :] - 2 * points @ self.centroids.T, 0))
+
+
+@dataclass(frozen=True)
+class PivotCells(CoarseCells):
+    """Cells around pivot points for any metric with the triangle inequality: d(m, o) >=
+    d(m, pivot_j) - r_j for o in cell j, the bound CoarseCells gives in euclidean space.
+
+    `block(rows_a, rows_b)` returns exact distances between training rows."""
+
+    pivots: np.ndarray = None
+    block: Callable[[np.ndarray, np.ndarray], np.ndarray] = None
+
+    @classmethod
+    def build_for(cls, block: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, seed: int = 0) -> "PivotCells":
+        count = int(min(256, max(1, n // 64)))
+        pivots = np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+        cell = np.empty(n, dtype=np.int64)
+        to_pivot = np.empty(n, dtype=np.float64)
+        step = max(1, (1 << 22) // count)
+        for lo in range(0, n, step):
+            rows = np.arange(lo, min(n, lo + step))
+            d = np.asarray(block(rows, pivots), dtype=np.float64)
+            cell[rows] = d.argmin(axis=1)
+            to_pivot[rows] = d[np.arange(rows.size), cell[rows]]
+        return cls(np.zeros((count, 0)), cell, to_pivot, pivots, block)
+
+    def distances_from(self, data, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.block(rows, self.pivots), dtype=np.float64)
+
 
 @dataclass
 class JoinReport:
@@ -279,22 +313,33 @@ class JoinReport:
         return self.budgeted == 0
 
 
-def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
+def connect_components(data: np.ndarray | None, core: np.ndarray, a: np.ndarray, b: np.ndarray, w: np.ndarray,
                        start_k: int = 16, seed: int = 0, pair_budget: float = 5e7,
-                       report: JoinReport | None = None) -> tuple[np.ndarray, ...]:
+                       report: JoinReport | None = None, block: Callable | None = None,
+                       alpha: float = 1.0) -> tuple[np.ndarray, ...]:
     """Add the lightest mutual-reachability edges between components until one remains (Borůvka).
 
     A join is exact and certified while its candidate search (members that could still win x
     the outside points they could reach) stays under `pair_budget` distance evaluations; past
     that, the members with the best cell bounds are searched within the budget and the join is
     counted as budgeted in `report`.
+
+    Euclidean rows (`data`) use k-means cells and FAISS searches. Any other metric with the
+    triangle inequality passes `block(rows_a, rows_b)` (exact distances between training rows;
+    `data` may be None): pivot cells give the bounds and blocks of exact distances the search,
+    weights max(core_m, core_o, d / alpha).
     """
-    n = data.shape[0]
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    n = core.size
     labels = component_labels(n, a, b)
     report = report if report is not None else JoinReport()
     report.components = int(labels.max()) + 1
-    cells = CoarseCells.build(data, seed) if labels.max() > 0 else None
+    if block is None:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        cells = CoarseCells.build(data, seed) if labels.max() > 0 else None
+        search = lambda queries, pool, best: _search_edges(data, core, queries, pool, start_k, best)  # noqa: E731
+    else:
+        cells = PivotCells.build_for(block, n, seed) if labels.max() > 0 else None
+        search = lambda queries, pool, best: _search_block(block, core, alpha, queries, pool, best)  # noqa: E731
     while labels.max() > 0:
         sizes = np.bincount(labels)
         report.rounds += 1
@@ -302,7 +347,8 @@ def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.
         # component (so it is in the tree), each round still merges every other component, and
         # the largest, often nearly all the points, was the costliest search by far
         largest = int(np.argmax(sizes))
-        outcomes = [_lightest_edge_out(data, core, labels, np.flatnonzero(labels == comp), cells, start_k, pair_budget)
+        outcomes = [_lightest_edge_out(data, core, labels, np.flatnonzero(labels == comp), cells, pair_budget, search,
+                                       alpha)
                     for comp in range(sizes.size) if comp != largest]
         best = np.array([edge for edge, _ in outcomes])
         certified = sum(exact for _, exact in outcomes)
@@ -318,8 +364,9 @@ def connect_components(data: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.
     return a, b, w
 
 
-def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, members: np.ndarray,
-                       cells: CoarseCells, start_k: int, pair_budget: float) -> tuple[tuple[float, float, float], bool]:
+def _lightest_edge_out(data: np.ndarray | None, core: np.ndarray, labels: np.ndarray, members: np.ndarray,
+                       cells: CoarseCells, pair_budget: float, search: Callable,
+                       alpha: float = 1.0) -> tuple[tuple[float, float, float], bool]:
     """min over m in members, o outside their component of max(core[m], core[o], |m - o|), with endpoints.
 
     1. Cell bounds: a member m cannot beat U through cell j if max(core[m], |m - c_j| - r_j) > U,
@@ -334,18 +381,16 @@ def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, m
     radius = np.full(n_cells, -np.inf)
     np.maximum.at(radius, cells.cell[outside], cells.to_centroid[outside])
     usable = np.isfinite(radius)
-    points = data[members].astype(np.float64)
-    to_cells = np.sqrt(np.maximum(
-        (points ** 2).sum(1)[:, None] + (cells.centroids ** 2).sum(1)[None, :] - 2 * points @ cells.centroids.T, 0))
-    bound = np.where(usable[None, :], np.maximum(core[members][:, None], to_cells - radius[None, :]), np.inf)
+    to_cells = cells.distances_from(data, members)
+    gap = to_cells - radius[None, :] if alpha == 1.0 else (to_cells - radius[None, :]) / alpha
+    bound = np.where(usable[None, :], np.maximum(core[members][:, None], gap), np.inf)
     member_bound = bound.min(axis=1)
 
     seeds = np.argsort(member_bound, kind="stable")[:8]
     first_cells = np.unique(bound[seeds].argmin(axis=1))
-    best = _search_edges(data, core, members[seeds], np.flatnonzero(outside & np.isin(cells.cell, first_cells)),
-                         start_k, (np.inf, np.inf, np.inf))
+    best = search(members[seeds], np.flatnonzero(outside & np.isin(cells.cell, first_cells)), (np.inf, np.inf, np.inf))
     if not np.isfinite(best[0]):  # the seeds' cells held no outside point: widen to everything outside
-        best = _search_edges(data, core, members[seeds], np.flatnonzero(outside), start_k, best)
+        best = search(members[seeds], np.flatnonzero(outside), best)
     # members grouped by their own cell search only the outside cells the group can still reach
     home = cells.cell[members]
     group_bound = np.full(n_cells, np.inf)
@@ -372,7 +417,7 @@ def _lightest_edge_out(data: np.ndarray, core: np.ndarray, labels: np.ndarray, m
                 break
             cost = float(in_group.size) * per_member
         pool = np.flatnonzero(outside & reach[cells.cell])
-        best = _search_edges(data, core, members[in_group], pool, start_k, best)
+        best = search(members[in_group], pool, best)
         spent += cost
     return best, exact
 
@@ -399,6 +444,29 @@ def _search_edges(data: np.ndarray, core: np.ndarray, queries: np.ndarray, pool:
         still = np.maximum(core[pending], found.distances[:, -1]) <= best[0]
         pending = pending[still]
         k = min(2 * k, pool.size)
+    return best
+
+
+def _search_block(block: Callable, core: np.ndarray, alpha: float, queries: np.ndarray, pool: np.ndarray,
+                  best: tuple[float, float, float], cells: int = 1 << 22) -> tuple[float, float, float]:
+    """`_search_edges` for any metric: exact blocks of distances between `queries` and `pool`."""
+    if queries.size == 0 or pool.size == 0:
+        return best
+    step = max(1, cells // pool.size)
+    for lo in range(0, queries.size, step):
+        q = queries[lo:lo + step]
+        d = np.asarray(block(q, pool), dtype=np.float64)
+        if alpha != 1.0:
+            d = d / alpha
+        weight = np.maximum(np.maximum(core[q][:, None], core[pool][None, :]), d)
+        weight[np.isnan(weight)] = np.inf
+        top = weight.min()
+        if top > best[0]:
+            continue
+        rows_at, cols_at = np.nonzero(weight == top)
+        lo_end, hi_end = np.minimum(q[rows_at], pool[cols_at]), np.maximum(q[rows_at], pool[cols_at])
+        pick = np.lexsort((hi_end, lo_end))[0]
+        best = min(best, (float(top), float(lo_end[pick]), float(hi_end[pick])))
     return best
 
 
