@@ -106,12 +106,29 @@ def test_the_cosine_tree_holds_cosine_distances():
                                                                                 rel=1e-4)
 
 
+PYNNDESCENT_CHECK = """
+import numpy as np
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+import lakelens.operators.hdbscan as ours
+X, _ = make_blobs(1500, centers=4, n_features=5, cluster_std=[0.5, 0.8, 1.0, 1.3], random_state=7)
+exact = ours.HDBSCAN(min_cluster_size=25, metric="manhattan", knn_method="exact").fit(X)
+approx = ours.HDBSCAN(min_cluster_size=25, metric="manhattan", knn_method="nndescent").fit(X)
+assert approx._backend.algorithm == "nndescent"
+print(adjusted_rand_score(exact.labels_, approx.labels_))
+"""
+
+
 @pytest.mark.slow  # pynndescent compiles with numba on first use (about 20 s)
 def test_pynndescent_backend_agrees_with_the_exact_one():
-    X = _blobs(1500, seed=7, dim=5)
-    exact = ours.HDBSCAN(min_cluster_size=25, metric="manhattan", knn_method="exact").fit(X)
-    approx = ours.HDBSCAN(min_cluster_size=25, metric="manhattan", knn_method="nndescent").fit(X)
-    assert adjusted_rand_score(exact.labels_, approx.labels_) >= 0.95
+    # in a fresh interpreter: after Ray Data or Ray Train patched builtins.print in this process,
+    # numba cannot compile pynndescent (the backend then falls back to exact neighbours, with a warning)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PYNNDESCENT_CHECK], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) >= 0.95
 
 
 def test_precomputed_dense_matrix_gives_the_feature_clustering():

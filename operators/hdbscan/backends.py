@@ -19,6 +19,7 @@ already (see model.py).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -175,7 +176,16 @@ class MetricBackend:
     def knn(self, k: int) -> KnnGraph:
         k = min(k, self.n)
         if self.algorithm == "nndescent":
-            index = self._neighbours(k)
+            try:
+                index = self._neighbours(k)
+            except Exception as exc:  # noqa: BLE001 - numba cannot compile pynndescent in this process
+                if type(exc).__module__.split(".")[0] != "numba":
+                    raise
+                # e.g. after Ray Data or Ray Train patched builtins.print in this process (numba types print)
+                warnings.warn(f"pynndescent failed to compile in this process ({type(exc).__name__}); "
+                              "using scikit-learn's exact NearestNeighbors instead", RuntimeWarning)
+                self.algorithm = "auto"
+                return self.knn(k)
             self._nn = index
             idx, dist = index.neighbor_graph
             return _ordered_with_self(np.asarray(dist[:, :k], dtype=np.float64), np.asarray(idx[:, :k], np.int64), k)
@@ -208,8 +218,6 @@ class MetricBackend:
         return self.metric != "minkowski" or float(self.metric_kwargs.get("p", 2)) >= 1
 
     def pairwise(self, a, b) -> np.ndarray:
-        import warnings
-
         from sklearn.metrics import pairwise_distances
 
         with warnings.catch_warnings():

@@ -154,14 +154,14 @@ class HDBSCANResult:
     spanning_tree: np.ndarray | None = None  # (n - 1, 3) rows (a, b, weight), when asked for
 
 
-def prepare_data(X, metric: str = "euclidean") -> np.ndarray:
+def prepare_data(X, metric: str = "euclidean", check_finite: bool = True) -> np.ndarray:
     """float32 C-contiguous rows; a clear error for NaN/inf rows; cosine becomes euclidean on the sphere."""
     data = np.asarray(X)
     if data.ndim != 2:
         raise ValueError(f"expected a 2-d array of shape (n_samples, n_features), got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.number):
         raise ValueError(f"expected numeric data, got dtype {data.dtype}")
-    bad = ~np.isfinite(data).all(axis=1)
+    bad = ~np.isfinite(data).all(axis=1) if check_finite else np.zeros(0, dtype=bool)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ValueError(f"{rows.size} rows contain NaN or inf (first at row {rows[0]}); drop or impute them")
@@ -377,11 +377,16 @@ def _fit_input(kind: str, X, metric, metric_kwargs: dict[str, Any], params: HDBS
     else:
         backend = make_backend(X, metric, metric_kwargs, algorithm=algorithm, knn_method=params.knn_method,
                                device=params.device, nprobe=params.nprobe, seed=params.seed, leaf_size=leaf_size,
-                               n_jobs=n_jobs, prepare=prepare_data)
+                               n_jobs=n_jobs, prepare=_prepare_finite)
     if n < 2:
         return backend, _trivial(n)
     tree = spanning_tree(backend, params, graph)
     return backend, _finish(n, tree, params, fit_started, keep_spanning_tree)
+
+
+def _prepare_finite(X, metric: str) -> np.ndarray:
+    """prepare_data for rows already known finite (fit leaves the others out first)."""
+    return prepare_data(X, metric, check_finite=False)
 
 
 def _spanning_stage(kind, X, metric, metric_kwargs, params, algorithm, leaf_size, n_jobs, core_rank, max_distance):
@@ -394,7 +399,7 @@ def _spanning_stage(kind, X, metric, metric_kwargs, params, algorithm, leaf_size
     else:
         backend = make_backend(X, metric, metric_kwargs, algorithm=algorithm, knn_method=params.knn_method,
                                device=params.device, nprobe=params.nprobe, seed=params.seed, leaf_size=leaf_size,
-                               n_jobs=n_jobs, prepare=prepare_data)
+                               n_jobs=n_jobs, prepare=_prepare_finite)
     return backend, (spanning_tree(backend, params) if n >= 2 else None)
 
 
@@ -485,7 +490,11 @@ def check_input(X, metric: Any):
         X = np.asarray(X) if not hasattr(X, "__array__") else X
         if np.ndim(X) != 2:
             raise ValueError(f"expected a 2-d array of shape (n_samples, n_features), got shape {np.shape(X)}")
-    X = check_array(X, accept_sparse="csr", ensure_all_finite=False, dtype=None if sp.issparse(X) else "numeric")
+    dtype = None if sp.issparse(X) else "numeric"
+    try:
+        X = check_array(X, accept_sparse="csr", ensure_all_finite=False, dtype=dtype)
+    except TypeError:  # scikit-learn < 1.6 names it force_all_finite
+        X = check_array(X, accept_sparse="csr", force_all_finite=False, dtype=dtype)
     return "features", X
 
 
@@ -622,6 +631,9 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
         n_jobs = None if n_jobs is not None and n_jobs < -1 else n_jobs
         max_distance = float(self._metric_kwargs.get("max_dist", 0.0)) if max_distance is None else max_distance
         keep_tree = bool(self.gen_min_span_tree or self.branch_detection_data)
+        if self.branch_detection_data:
+            warnings.warn("branch_detection_data is accepted but not generated: hdbscan.branches is not part of "
+                          "the engine (see docs/phdbscan.md)", UserWarning)
         try:
             from sklearn.utils.validation import check_memory
 
