@@ -653,7 +653,7 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
             raise ValueError("Sparse distance matrix has multiple connected components!\nThat is, there exist "
                              "groups of points that are completely disjoint -- there are no distance relations "
                              "connecting them\nRun hdbscan on each component.") from None
-        if result.spanning_tree is not None and np.isinf(result.spanning_tree[:, 2]).any():
+        if result.single_linkage.size and np.isinf(result.single_linkage[:, 2]).any():
             warnings.warn("The minimum spanning tree contains edge weights with value infinity. Potentially, you "
                           "are missing too many distances in the initial distance matrix for the given "
                           "neighborhood size.", UserWarning)

@@ -191,7 +191,7 @@ def _leaves(children: dict[int, list[int]], cluster: int) -> list[int]:
     return [cluster] if not kids else [leaf for kid in kids for leaf in _leaves(children, kid)]
 
 
-def _prediction_data(clusterer, auto: bool = False) -> PredictionData:
+def _prediction_data(clusterer) -> PredictionData:
     try:
         return clusterer.prediction_data_
     except AttributeError:
