@@ -56,12 +56,28 @@ def open_catalog(lake: Lake, database: str = ":memory:") -> duckdb.DuckDBPyConne
         _create_union_view(con, lake, table, _files_of(visible, table))
         _create_union_view(con, lake, f"{table}_all_runs", _files_of(every_run, table))
 
+    _add_session_timing(con, lake)
     _create_reviews_view(con, lake)
     quarantine_files = [f for m in visible for q in m.get("quarantine", {}).values() for f in q["files"]]
     if quarantine_files:
         _create_union_view(con, lake, "quarantine", quarantine_files)
     _create_analyst_views(con)
     return con
+
+
+def _add_session_timing(con, lake: Lake) -> None:
+    """`transactions` also carries each transaction's session timing (the `timing_*` expert features, from the
+    published embeddings), so a rule's `sql_predicate` that names them runs against `transactions` as it is."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not {"transactions", "sequence_embeddings"} <= tables:
+        return
+    if not set(TIMING_COLUMNS) <= {r[0] for r in con.execute("DESCRIBE sequence_embeddings").fetchall()}:
+        return
+    con.execute(f"""CREATE OR REPLACE VIEW transactions AS
+        SELECT t.*, {', '.join(f's.{c}' for c in TIMING_COLUMNS)}
+        FROM read_parquet({sql_literal(lake.uri('transactions') + '/**/*.parquet')}, hive_partitioning = true,
+                          union_by_name = true) t
+        LEFT JOIN (SELECT transaction_id, {', '.join(TIMING_COLUMNS)} FROM sequence_embeddings) s USING (transaction_id)""")
 
 
 def _create_reviews_view(con, lake: Lake) -> None:
@@ -124,17 +140,10 @@ def _create_analyst_views(con) -> None:
             ORDER BY c.cluster_key, r.committed_at""")
     rules = con.execute("SELECT rule_id, sql_predicate FROM cluster_rules ORDER BY rule_id").fetchall()
     if "transactions" in tables and rules:
-        source = "transactions t"
-        embedding_columns = ({r[0] for r in con.execute("DESCRIBE sequence_embeddings").fetchall()}
-                             if "sequence_embeddings" in tables else set())
-        if set(TIMING_COLUMNS) <= embedding_columns:
-            # rules may name the sessions' timing statistics, which live beside the embeddings
-            source = (f"(SELECT t.*, s.* EXCLUDE (transaction_id) FROM transactions t LEFT JOIN (SELECT transaction_id, "
-                      f"{', '.join(TIMING_COLUMNS)} FROM sequence_embeddings) s USING (transaction_id)) t")
         # DuckDB cannot evaluate SQL held in a column, so each rule becomes one branch of a view;
         # branches whose constant rule_id differs from the argument are pruned by the planner
         branches = " UNION ALL ".join(
-            f"SELECT {sql_literal(rule_id)} AS matched_rule, t.* FROM {source} WHERE ({predicate})"
+            f"SELECT {sql_literal(rule_id)} AS matched_rule, t.* FROM transactions t WHERE ({predicate})"
             for rule_id, predicate in rules)
         con.execute(f"CREATE OR REPLACE VIEW rule_matches AS {branches}")
         con.execute("CREATE OR REPLACE MACRO apply_rule(rid) AS TABLE "

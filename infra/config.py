@@ -133,6 +133,8 @@ class ClusterConfig:
     """The behaviour-clusters job: hybrid features, pHDBSCAN, risk flags and rules."""
 
     window_days: PosInt = 3
+    # optional: the timing_* columns (timing_log_gap_std, timing_log_dwell_std, timing_same_gap_share,
+    # timing_gap_autocorr) come from the sessions (operators/timing.py), and rules may name them
     expert_numeric: list[str] = field(default_factory=lambda: [
         "account_age_days", "txn_velocity_24h", "amount_to_user_avg", "amount", "hour_of_day"])
     expert_boolean: list[str] = field(default_factory=lambda: ["is_new_device", "ip_country_mismatch"])

@@ -195,7 +195,7 @@ def reference_embeddings(encoder, vocabulary: EventVocabulary, valid_ds, max_len
     table = collect_table(valid_ds, TRAIN_SCHEMA).sort_by("transaction_id").slice(0, size)
     padded = pad_sequences(table, vocabulary, max_len)
     with torch.inference_mode():
-        out = encoder(*(torch.from_numpy(a) for a in (padded.tokens, padded.times, padded.lengths, padded.session)))
+        out = encoder(*(torch.from_numpy(a) for a in (padded.tokens, padded.times, padded.lengths)))
     return out.embedding.numpy().astype(np.float32)
 
 

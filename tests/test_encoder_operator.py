@@ -207,8 +207,7 @@ def test_training_separates_two_planted_patterns():
                 TrainingParams(epochs=8, batch_size=32, learning_rate=4e-3))
     encoder.eval()
     with torch.no_grad():
-        out = encoder(torch.from_numpy(data.tokens), torch.from_numpy(data.times), torch.from_numpy(data.lengths),
-                      torch.from_numpy(data.session))
+        out = encoder(torch.from_numpy(data.tokens), torch.from_numpy(data.times), torch.from_numpy(data.lengths))
     assert knn_purity(out.embedding.numpy(), labels, k=10) >= 0.95
 
 
@@ -317,13 +316,12 @@ def test_session_timing_tells_a_constant_pace_from_a_human_one_and_ignores_earli
     assert gap_std[3] < 0.01 and same_gap[3] == 1.0
 
 
-def test_an_encoder_with_session_timing_embeds_the_same_events_differently_at_a_constant_pace():
-    encoder = create_encoder(encoder_architecture("bilstm-32", len(VOCAB)), seed=1).eval()
+def test_pretraining_asks_the_embedding_to_predict_the_sessions_timing_regularity():
+    from lakelens.operators.encoder.objective import composition_targets
+
     padded = pad_sequences(sequences_table([["search", "view_item", "add_card", "place_order"]] * 2), VOCAB, 8)
-    tokens, times, lengths = (torch.from_numpy(a) for a in (padded.tokens, padded.times, padded.lengths))
-    human_then_script = torch.from_numpy(np.array([[1.0, 0.8, 0.0, -0.3], [0.0, 0.0, 1.0, 0.0]], np.float32))
-    with torch.no_grad():
-        out = encoder(tokens, times, lengths, human_then_script)
-        with pytest.raises(ValueError, match="session timing"):
-            encoder(tokens, times, lengths)
-    assert float(out.embedding[0] @ out.embedding[1]) < 0.999
+    session = torch.from_numpy(np.array([[1.0, 0.8, 0.0, -0.3], [0.0, 0.0, 1.0, 0.0]], np.float32))
+    targets = composition_targets(torch.from_numpy(padded.tokens), torch.from_numpy(padded.times),
+                                  torch.from_numpy(padded.lengths), len(VOCAB), 1800.0, session)
+    assert targets.shape == (2, 2 * len(VOCAB) + 1 + 4)
+    assert torch.equal(targets[:, -4:], session)

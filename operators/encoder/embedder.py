@@ -58,8 +58,7 @@ class SequenceEmbedder:
         padded = pad_sequences(batch, self.model.vocabulary, self.max_len)
         out = self.model.encoder(torch.from_numpy(padded.tokens).to(self.device),
                                  torch.from_numpy(padded.times).to(self.device),
-                                 torch.from_numpy(padded.lengths).to(self.device),
-                                 torch.from_numpy(padded.session).to(self.device))
+                                 torch.from_numpy(padded.lengths).to(self.device))
         embedding = out.embedding.float().cpu().numpy()
         attention = out.attention.float().cpu().numpy()
         n, dim = embedding.shape

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lakelens.operators.encoder.batching import TIME_SCALE
+from lakelens.operators.encoder.batching import N_SESSION_FEATURES, TIME_SCALE
 from lakelens.operators.encoder.model import TimeAttentionBiLSTM
 from lakelens.operators.encoder.vocabulary import MASK_ID, OOV_ID, PAD_ID
 
@@ -44,11 +44,10 @@ class View:
     lengths: torch.Tensor
     masked: torch.Tensor  # bool (n, T): positions whose token was replaced by MASK
     targets: torch.Tensor  # original tokens
-    session: torch.Tensor | None = None  # the original sequence's session timing: a crop does not change it
 
 
 def augment(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, params: ObjectiveParams,
-            generator: torch.Generator, session: torch.Tensor | None = None) -> View:
+            generator: torch.Generator) -> View:
     """A random contiguous crop with masked events and jittered times."""
     n, width = tokens.shape
     device = tokens.device
@@ -68,7 +67,7 @@ def augment(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, pa
     if params.oov_prob > 0:
         unseen = valid & ~masked & (torch.rand(n, width, generator=generator, device=device) < params.oov_prob)
         new_tokens = torch.where(unseen, torch.full_like(targets, OOV_ID), new_tokens)
-    return View(new_tokens, new_times, crop, masked, targets, session)
+    return View(new_tokens, new_times, crop, masked, targets)
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -90,11 +89,12 @@ class Pretraining(nn.Module):
         self.params = params
         self.predict_event = nn.Linear(2 * encoder.config.hidden_dim, encoder.config.vocab_size)
         dim, vocab = encoder.config.embedding_dim, encoder.config.vocab_size
-        self.predict_composition = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, 2 * vocab + 1))
+        self.predict_composition = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(),
+                                                 nn.Linear(4 * dim, 2 * vocab + 1 + N_SESSION_FEATURES))
 
     def forward(self, first: View, second: View, composition: torch.Tensor) -> dict[str, torch.Tensor]:
-        out_a = self.encoder(first.tokens, first.times, first.lengths, first.session)
-        out_b = self.encoder(second.tokens, second.times, second.lengths, second.session)
+        out_a = self.encoder(first.tokens, first.times, first.lengths)
+        out_b = self.encoder(second.tokens, second.times, second.lengths)
         contrastive = nt_xent(out_a.embedding, out_b.embedding, self.params.temperature)
         composed = self.composition_loss(torch.cat([out_a.embedding, out_b.embedding]), composition.repeat(2, 1))
         hidden = torch.cat([out_a.hidden[first.masked], out_b.hidden[second.masked]])
@@ -113,20 +113,23 @@ class Pretraining(nn.Module):
         predicted = self.predict_composition(embedding)
         whole = -(target[:, :vocab] * predicted[:, :vocab].log_softmax(-1)).sum(-1)
         recent = -(target[:, vocab:2 * vocab] * predicted[:, vocab:2 * vocab].log_softmax(-1)).sum(-1)
-        pacing = (predicted[:, -1] - target[:, -1]) ** 2
+        pacing = ((predicted[:, 2 * vocab:] - target[:, 2 * vocab:]) ** 2).sum(-1)
         return (whole + recent).mean() + pacing.mean()
 
 
 def composition_targets(tokens: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, vocab_size: int,
-                        recent_s: float) -> torch.Tensor:
-    """(n, 2 * vocab + 1): event-type shares over the window, over recent events, and the mean gap."""
+                        recent_s: float, session: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 2 * vocab + 1 + 4): event-type shares over the window and over recent events, the mean gap, and
+    the session's timing regularity (operators/timing.py; zeros when not given)."""
     n, width = tokens.shape
     valid = torch.arange(width, device=tokens.device)[None, :] < lengths[:, None]
     recent = valid & (times[..., 1] <= math.log1p(recent_s) / TIME_SCALE)
-    out = torch.zeros(n, 2 * vocab_size + 1, device=tokens.device)
+    out = torch.zeros(n, 2 * vocab_size + 1 + N_SESSION_FEATURES, device=tokens.device)
     out[:, :vocab_size].scatter_add_(1, tokens, valid.float())
     out[:, vocab_size:2 * vocab_size].scatter_add_(1, tokens, recent.float())
     out[:, :vocab_size] /= out[:, :vocab_size].sum(1, keepdim=True).clamp(min=1)
     out[:, vocab_size:2 * vocab_size] /= out[:, vocab_size:2 * vocab_size].sum(1, keepdim=True).clamp(min=1)
-    out[:, -1] = (times[..., 0] * valid).sum(1) / lengths.clamp(min=1) * 4  # scaled log-gap, near unit range
+    out[:, 2 * vocab_size] = (times[..., 0] * valid).sum(1) / lengths.clamp(min=1) * 4  # scaled log-gap, near unit range
+    if session is not None:
+        out[:, 2 * vocab_size + 1:] = session
     return out

@@ -145,9 +145,9 @@ def _views(batch: PaddedSequences, vocab_size: int, objective: ObjectiveParams, 
     times = torch.from_numpy(batch.times).to(device)
     lengths = torch.from_numpy(batch.lengths).to(device)
     session = torch.from_numpy(batch.session).to(device)
-    return (augment(tokens, times, lengths, objective, generator, session),
-            augment(tokens, times, lengths, objective, generator, session),
-            composition_targets(tokens, times, lengths, vocab_size, objective.recent_s))
+    return (augment(tokens, times, lengths, objective, generator),
+            augment(tokens, times, lengths, objective, generator),
+            composition_targets(tokens, times, lengths, vocab_size, objective.recent_s, session))
 
 
 def _epoch_order(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
