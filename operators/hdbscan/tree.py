@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from lakelens.operators.hdbscan.mst import edge_order
+from lakelens.operators.hdbscan.mst import _find, edge_order
 
 CONDENSED_DTYPE = np.dtype([("parent", np.int64), ("child", np.int64), ("lambda_val", np.float64),
                             ("child_size", np.int64)])
@@ -467,18 +467,6 @@ def labelling_at_cut(linkage: np.ndarray, cut: float, min_cluster_size: int) -> 
 
 
 @njit(cache=True)
-def _uf_find(parent: np.ndarray, x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        nxt = parent[x]
-        parent[x] = root
-        x = nxt
-    return root
-
-
-@njit(cache=True)
 def _roots_at_cut(linkage: np.ndarray, cut: float) -> np.ndarray:
     """Each point's union-find representative after merging every linkage row below `cut`
     (union by rank, ties to the first argument: the peers' TreeUnionFind)."""
@@ -489,8 +477,8 @@ def _roots_at_cut(linkage: np.ndarray, cut: float) -> np.ndarray:
         if linkage[i, 2] < cut:
             node = n + i
             for side in range(2):
-                x = _uf_find(parent, np.int64(linkage[i, side]))
-                y = _uf_find(parent, node)
+                x = _find(parent, np.int64(linkage[i, side]))
+                y = _find(parent, node)
                 if rank[x] < rank[y]:
                     parent[x] = y
                 elif rank[x] > rank[y]:
@@ -500,7 +488,7 @@ def _roots_at_cut(linkage: np.ndarray, cut: float) -> np.ndarray:
                     rank[x] += 1
     out = np.empty(n, dtype=np.int64)
     for i in range(n):
-        out[i] = _uf_find(parent, i)
+        out[i] = _find(parent, i)
     return out
 
 
