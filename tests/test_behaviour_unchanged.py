@@ -1,10 +1,15 @@
-"""The refactored jobs publish what the jobs published before: the demo world, table for table.
+"""The demo world publishes what it published before a change: table for table, key for key.
 
-tests/golden/demo_world_tables.json was taken from the jobs as they were before the job runner
-(the same world, settings and days as `make demo`'s click-stream part, with `make demo`'s
-30 epochs): row counts of every published table, and the cluster keys with their sizes, members
-and rules. Training, clustering and keys are deterministic, so any change here is a change in
-behaviour, not noise.
+tests/golden/demo_world_tables.json holds, for the click-stream part of `make demo` (the same world,
+settings, days and 30 epochs), the row counts of every published table and the cluster keys with
+their sizes, members and rules. Training, clustering and keys are deterministic, so a difference is a
+change in behaviour, not noise: a refactor must leave it as it is; a deliberate change of behaviour
+regenerates it in the same commit and says why.
+
+History: taken from the jobs before the job runner (commit 9911a8c); the refactor onto the runner
+passed against it unchanged (at e352acb). Regenerated when daily runs learned the novelty gate,
+session timing, the never-seen event signature and the capped lift bar, which change the encoder
+and the clusters on purpose; train-encoder now publishes a run of its own.
 """
 
 from __future__ import annotations
@@ -43,10 +48,9 @@ def demo_lake(tmp_path_factory, ray_local) -> Lake:
 
 
 @pytest.mark.slow
-def test_the_demo_world_publishes_the_same_row_counts_and_cluster_keys_as_before_the_refactor(demo_lake):
+def test_the_demo_world_publishes_the_same_row_counts_and_cluster_keys_as_before(demo_lake):
     before = json.loads(GOLDEN.read_text())
     now = published_tables_summary(demo_lake)
-    # train-encoder now publishes a run of its own (its model is the output); every other run is compared
-    assert set(now) - set(before) == {"train-encoder/model=behavior-encoder"}
+    assert set(now) == set(before)
     for run in sorted(before):
         assert now[run] == before[run], f"{run} changed"
