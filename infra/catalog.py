@@ -108,8 +108,8 @@ def _create_drift_view(con) -> None:
 def _create_analyst_views(con) -> None:
     """Views and macros over the behaviour-clustering tables, for analysts and reviewers."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if "runs" in tables:
-        _create_drift_view(con)
+    if "runs" in tables and con.execute("SELECT count(*) FROM runs WHERE (metrics->'drift') IS NOT NULL").fetchone()[0]:
+        _create_drift_view(con)  # only lakes with embed or behaviour-clustering runs have drift to show
     if not {"clusters", "txn_clusters", "cluster_rules", "runs"} <= tables:
         return
     con.execute("""CREATE OR REPLACE VIEW latest_reviews AS
