@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -142,19 +143,20 @@ def ray_cluster():
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}", *_node_ports()],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     nodes = [head]
     try:
         address = None
         for line in head.stdout:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # `ray start` colours its hints
             if "ray start --address=" in line:
                 address = line.split("--address=")[1].strip().strip("'\"")
                 break
         assert address, "the head node did not start"
         worker = subprocess.Popen([ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1",
-                                   "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                  env=env)
+                                   "--disable-usage-stats", *_node_ports()], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT, env=env)
         nodes.append(worker)
         driver_env = {**env, "RAY_ADDRESS": address}
         _wait_for_nodes(driver_env, 2)
@@ -163,6 +165,14 @@ def ray_cluster():
         for node in reversed(nodes):  # SIGTERM stops these nodes only; `ray stop` would stop every Ray here
             node.terminate()
             node.wait(timeout=120)
+
+
+def _node_ports() -> list[str]:
+    """Free ports for one node's agents: two nodes on one machine (with Ray's default extra, which runs a
+    dashboard agent per node) would otherwise both ask for the defaults, and the second never joins."""
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+    return [f"--{name}={_free_port()}" for name in names]
 
 
 def _wait_for_nodes(env: dict[str, str], count: int, timeout_s: float = 90.0) -> None:
