@@ -33,7 +33,7 @@ ShuffleStrategy = Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", 
                           "gpu_shuffle"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # operators.lens.components.COMPOSITES, listed here so that reading a config needs no torch
-Composite = Literal["epsilon-plus-flat", "epsilon-plus", "gradient"]
+Composite = Literal["epsilon-plus-flat", "epsilon-plus", "epsilon-alpha2-beta1-flat", "gradient"]
 # where a model-bound stage runs: "auto" takes the GPUs the cluster has when the stage starts (none: CPU);
 # "cuda" requires one (infra/devices.py), so a GPU job never silently runs on CPU; "cpu" never asks for one
 Device = Literal["auto", "cpu", "cuda"]
@@ -144,6 +144,9 @@ class ClusterConfig:
     embedding_weight: NonNegFloat = 1.0
     # the signature of rare event types the encoder never saw (operators/features.unseen_signature)
     unseen_weight: NonNegFloat = 1.0
+    # how regular the session is (operators/features.timing_block): scripts that replay people's flow
+    # at a constant pace sit apart from the people they copy
+    timing_weight: NonNegFloat = 1.0
     min_cluster_size: Annotated[int, Field(ge=2)] = 25
     min_samples: PosInt = 10
     cluster_selection_method: Literal["eom", "leaf"] = "eom"

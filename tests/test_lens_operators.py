@@ -154,9 +154,8 @@ def test_channel_conditioned_heatmaps_add_up_to_the_unconditioned_input_relevanc
         per_channel = recorder.channel_heatmaps(x.repeat_interleave(channels, 0), "block2",
                                                 np.tile(np.arange(channels), 3), np.repeat(labels[:3], channels))
         everything = recorder.channel_heatmaps(x, "block2", np.zeros(3, int), labels[:3])  # one channel only
-        _, _, x_all = recorder._relevance_pass(x, labels[:3], {}, input_relevance=True)
+        whole = recorder.input_relevance(x, labels[:3]).sum(1).numpy()
     summed = per_channel.reshape(3, channels, 32, 32).sum(1)
-    whole = x_all.grad.sum(1).numpy()
     assert np.allclose(summed, whole, atol=1e-5 * np.abs(whole).max())
     assert not np.allclose(everything, whole)
 
@@ -199,13 +198,9 @@ def test_stopping_the_backward_pass_at_the_first_analysed_layer_leaves_layer_rel
     grads = {}
     recorder = ComponentRecorder(model, ["block2", "block3"], num_classes=4)
     for to_input in (False, True):
-        kept = {}
-
-        def keep(name, kept=kept):
-            return lambda output: (output.retain_grad(), kept.setdefault(name, output))
-
-        recorder._relevance_pass(x, labels[:16], {n: keep(n) for n in ("block2", "block3")}, input_relevance=to_input)
-        grads[to_input] = {n: t.grad.clone() for n, t in kept.items()}
+        logits, target, _, outputs = recorder._forward(x, labels[:16], ["block2", "block3"], input_relevance=to_input)
+        relevances = torch.autograd.grad(logits, list(outputs.values()), recorder._start(logits, target))
+        grads[to_input] = dict(zip(outputs, relevances))
     recorder.close()
     for name in ("block2", "block3"):
         assert torch.allclose(grads[False][name], grads[True][name], rtol=1e-5, atol=1e-7)

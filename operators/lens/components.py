@@ -19,23 +19,34 @@ import numpy as np
 import torch
 from torch import nn
 
+from lakelens.operators.lens.canonizers import family_of
 from lakelens.operators.lens.models import resolve_layers
 from lakelens.operators.lens.topk import TopK
 
-COMPOSITES = ("epsilon-plus-flat", "epsilon-plus", "gradient")
+def _zennit_composite(class_name: str) -> Callable[[list], object]:
+    def make(canonizers: list):
+        import zennit.composites
+
+        return getattr(zennit.composites, class_name)(canonizers=canonizers)
+    return make
 
 
-def make_composite(name: str):
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.composites import EpsilonPlus, EpsilonPlusFlat
+# name -> composite given the model's canonizers; "gradient" is plain autograd (no rules, no canonizers)
+COMPOSITE_MAKERS: dict[str, Callable[[list], object] | None] = {
+    "epsilon-plus-flat": _zennit_composite("EpsilonPlusFlat"),
+    "epsilon-plus": _zennit_composite("EpsilonPlus"),
+    "epsilon-alpha2-beta1-flat": _zennit_composite("EpsilonAlpha2Beta1Flat"),
+    "gradient": None,
+}
+COMPOSITES = tuple(COMPOSITE_MAKERS)
 
-    if name == "epsilon-plus-flat":
-        return EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
-    if name == "epsilon-plus":
-        return EpsilonPlus(canonizers=[SequentialMergeBatchNorm()])
-    if name == "gradient":
-        return None
-    raise ValueError(f"unknown composite {name!r}; known: {', '.join(COMPOSITES)}")
+
+def make_composite(name: str, model: nn.Module):
+    """The named composite with the canonizers of the model's architecture family (operators/lens/canonizers.py)."""
+    if name not in COMPOSITES:
+        raise ValueError(f"unknown composite {name!r}; known: {', '.join(COMPOSITES)}")
+    make = COMPOSITE_MAKERS[name]
+    return None if make is None else make(family_of(model).canonizers())
 
 
 @dataclass
@@ -60,12 +71,18 @@ class ComponentStats:
     correct: int = 0  # predictions equal to the label, where labels were given
     labelled: int = 0
     sample_ids: dict[int, str] = field(default_factory=dict)  # global index -> sample id, for the top-k only
+    start_total: float = 0.0  # the relevance put in at the target logits, summed over samples
+
+    def conservation(self) -> dict[str, float]:
+        """Per layer: the relevance that reached it over the relevance put in (1.0 when LRP conserves it)."""
+        return {name: float(s.class_relevance.sum() / self.start_total) if self.start_total else float("nan")
+                for name, s in self.layers.items()}
 
     def merge(self, other: "ComponentStats") -> "ComponentStats":
         return ComponentStats({n: s.merge(other.layers[n]) for n, s in self.layers.items()},
                               self.class_counts + other.class_counts, self.samples + other.samples,
                               self.correct + other.correct, self.labelled + other.labelled,
-                              {**self.sample_ids, **other.sample_ids})
+                              {**self.sample_ids, **other.sample_ids}, self.start_total + other.start_total)
 
     def prune_ids(self) -> None:
         """Keep only the ids that some top-k still refers to."""
@@ -95,7 +112,7 @@ class ComponentRecorder:
         # registered once for the recorder's life (per batch it cost ~10 % of stage 1); `close()` undoes it
         if getattr(model, "_lakelens_recorder", None) is not None:
             raise RuntimeError("this model already has a ComponentRecorder; close() it first")
-        self.composite = make_composite(composite)
+        self.composite = make_composite(composite, model)
         if self.composite is not None:
             self.composite.register(self.model)
         model._lakelens_recorder = self
@@ -121,23 +138,23 @@ class ComponentRecorder:
                               np.zeros((self.num_classes, c)), np.zeros(c)) for name, c in widths.items()},
             np.zeros(self.num_classes, dtype=np.int64))
 
+    def layer_relevances(self, images: torch.Tensor, labels: np.ndarray | None = None
+                         ) -> tuple[torch.Tensor, np.ndarray, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """One forward and one modified backward: logits, targets and, per analysed layer, its output
+        (activation) and the relevance at it, both (n, channels, ...)."""
+        logits, target, _, outputs = self._forward(images, labels, list(self.layers), input_relevance=False)
+        grads = torch.autograd.grad(logits, list(outputs.values()), grad_outputs=self._start(logits, target))
+        return logits, target, {n: (o.detach(), g) for (n, o), g in zip(outputs.items(), grads)}
+
     def record(self, images: torch.Tensor, sample_index: np.ndarray, sample_ids: list[str],
                labels: np.ndarray | None = None) -> None:
-        outputs: dict[str, torch.Tensor] = {}
-
-        def keep(name):
-            def hook(output):
-                output.retain_grad()
-                outputs[name] = output
-            return hook
-
-        logits, target, _ = self._relevance_pass(images, labels, {name: keep(name) for name in self.layers})
+        logits, target, per_layer = self.layer_relevances(images, labels)
         if self.stats is None:
-            self.stats = self._empty({n: int(o.shape[1]) for n, o in outputs.items()})
+            self.stats = self._empty({n: int(o.shape[1]) for n, (o, _) in per_layer.items()})
         stats = self.stats
-        for name, output in outputs.items():
-            act = _aggregate(output.detach(), "mean")
-            rel = _aggregate(output.grad.detach(), "sum")
+        for name, (output, relevance) in per_layer.items():
+            act = _aggregate(output, "mean")
+            rel = _aggregate(relevance, "sum")
             layer = stats.layers[name]
             layer.by_activation = layer.by_activation.update(act, sample_index)
             layer.by_relevance = layer.by_relevance.update(rel, sample_index)
@@ -146,6 +163,7 @@ class ComponentRecorder:
             layer.activation_sum += act.sum(axis=0)
         np.add.at(stats.class_counts, target, 1)
         stats.samples += len(sample_index)
+        stats.start_total += float(self._start(logits, target).sum())
         if labels is not None:
             predicted = logits.detach().argmax(1).cpu().numpy()
             known = labels >= 0
@@ -158,26 +176,35 @@ class ComponentRecorder:
                          labels: np.ndarray | None = None) -> np.ndarray:
         """CRP: each image's input relevance conditioned on one channel of `layer` (row i on channels[i]).
 
-        The relevance reaching the layer is masked to the chosen channel before it flows further
-        back, so the heatmap shows where in the image that channel's share of the decision comes
-        from. Returns (n, height, width): relevance summed over colour channels.
+        The backward runs in two steps, as zennit-crp's CondAttribution with `exclude_parallel`:
+        from the target logit to the layer's output, where the relevance is masked to the chosen
+        channel, then from that output to the pixels. Relevance that reaches the input through a
+        path around the layer (a residual shortcut parallel to a layer inside a block) is left
+        out, so the heatmap is the channel's share only. Returns (n, height, width): relevance
+        summed over colour channels.
         """
-        channels = torch.as_tensor(np.asarray(channels), dtype=torch.long)
+        logits, target, x, outputs = self._forward(images, labels, [layer], input_relevance=True)
+        output = outputs[layer]
+        (relevance,) = torch.autograd.grad(logits, output, grad_outputs=self._start(logits, target), retain_graph=True)
+        mask = torch.zeros_like(relevance)
+        rows = torch.arange(len(channels), device=relevance.device)
+        mask[rows, torch.as_tensor(np.asarray(channels), dtype=torch.long, device=relevance.device)] = 1
+        (heatmap,) = torch.autograd.grad(output, x, grad_outputs=relevance * mask)
+        return heatmap.detach().sum(1).cpu().double().numpy()
 
-        def only_the_channel(output):
-            mask = torch.zeros_like(output)
-            mask[torch.arange(len(channels)), channels.to(output.device)] = 1
-            output.register_hook(lambda grad: grad * mask)
+    def input_relevance(self, images: torch.Tensor, labels: np.ndarray | None = None) -> torch.Tensor:
+        """The unconditioned LRP heatmap: (n, colours, height, width) relevance at the pixels."""
+        logits, target, x, _ = self._forward(images, labels, [], input_relevance=True)
+        (heatmap,) = torch.autograd.grad(logits, x, grad_outputs=self._start(logits, target))
+        return heatmap.detach()
 
-        _, _, x = self._relevance_pass(images, labels, {layer: only_the_channel}, input_relevance=True)
-        return x.grad.detach().sum(1).cpu().double().numpy()
+    def _forward(self, images: torch.Tensor, labels: np.ndarray | None, layers: list[str], input_relevance: bool
+                 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, dict[str, torch.Tensor]]:
+        """A forward under the composite that keeps the named layers' outputs. Returns logits,
+        targets, the input (asking for relevance when `input_relevance`) and the outputs, in
+        the order asked for."""
+        outputs: dict[str, torch.Tensor] = {}
 
-    def _relevance_pass(self, images: torch.Tensor, labels: np.ndarray | None,
-                        on_output: dict[str, Callable[[torch.Tensor], None]], input_relevance: bool = False
-                        ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-        """One forward and one modified backward from the target logits; `on_output[name]` sees
-        each named layer's output during the forward. Returns logits, targets and the input, whose
-        `.grad` holds the input relevance when `input_relevance`."""
         def hook_for(name):
             def hook(_module, _inputs, output):
                 tensor = output[0] if isinstance(output, tuple) else output
@@ -186,20 +213,19 @@ class ComponentRecorder:
                     # pass stops at the first hooked layer
                     tensor = tensor.detach().requires_grad_(True)
                     output = (tensor, *output[1:]) if isinstance(output, tuple) else tensor
-                on_output[name](tensor)
+                outputs[name] = tensor
                 return output
             return hook
 
-        handles = [self.layers[name].register_forward_hook(hook_for(name)) for name in on_output]
+        modules = {**resolve_layers(self.model, [n for n in layers if n not in self.layers]), **self.layers}
+        handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
         try:
             x = images.clone().requires_grad_(input_relevance)
             logits = self.model(x)
-            target = self._targets(logits, labels)
-            logits.backward(gradient=self._start(logits, target))
         finally:
             for handle in handles:
                 handle.remove()
-        return logits, target, x
+        return logits, self._targets(logits, labels), x, {name: outputs[name] for name in layers}
 
     def _targets(self, logits: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
         predicted = logits.detach().argmax(1).cpu().numpy()

@@ -51,6 +51,9 @@ def _torchvision_model(name: str, num_classes: int) -> nn.Module:
 
 
 def _timm_model(name: str, num_classes: int) -> nn.Module:
+    from lakelens.operators.lens.compat import import_torchvision
+
+    import_torchvision()  # timm imports torchvision
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
