@@ -6,8 +6,9 @@
     encoder trained once on days 1-3; then behavior-clusters --window-days 3 each day from day 3 to day 7,
     the default (incremental) run in one lake and a full re-cluster of the same day in a copy, side by side
 
-Per day: recall of unlabelled fraud in flagged clusters and precision of flagged members, overall and per
-modus operandi; whether the new pattern surfaced as a new cluster it dominates; key stability per pattern
+Per day: recall of unlabelled fraud in flagged clusters, recall "surfaced" (in flagged or emerging clusters:
+what reaches reviewers, since a pattern with no labels can only be shown, not flagged from risk) and
+precision of flagged members, overall and per modus operandi (printed recall/surfaced where they differ); whether the new pattern surfaced as a new cluster it dominates; key stability per pattern
 (the share of its members that the previous run clustered and that keep the same key); the drift figures;
 the clustering run's own time, incremental beside full. Prints a table; `--json` writes every number.
 
@@ -128,8 +129,8 @@ def _flagged_agreement(lake_a: Lake, run_a: dict, lake_b: Lake, run_b: dict) -> 
 
 def _line(r: dict[str, Any]) -> str:
     o = r["detection"]["overall"]
-    mos = ", ".join(f"{mo} {m['recall']:.2f}" for mo, m in sorted(r["detection"]["per_mo"].items())
-                    if m["recall"] is not None and m["unlabelled_fraud"])
+    mos = ", ".join(f"{mo} {m['recall']:.2f}" + (f"/{m['surfaced_recall']:.2f}" if m["surfaced_recall"] != m["recall"] else "")
+                    for mo, m in sorted(r["detection"]["per_mo"].items()) if m["recall"] is not None and m["unlabelled_fraud"])
     new = r["detection"]["new_pattern"]
     new_text = (f"new pattern {new['dominant_share']:.0%} in {new['dominant_cluster']} (purity "
                 f"{new['dominant_purity']:.0%}, {new['dominant_lineage_status']})" if new["dominant_cluster"]
@@ -140,7 +141,8 @@ def _line(r: dict[str, Any]) -> str:
                  f"{full['detection']['overall']['precision']:.3f}, {full['cluster_s']} s, flagged agreement "
                  f"{full['flagged_agreement']:.2f}" if full else "")
     drift = r["drift"]
-    return (f"day {r['day']} {r['mode']:<11} recall {o['recall']:.3f} precision {o['precision']:.3f} [{mos}]; "
+    return (f"day {r['day']} {r['mode']:<11} recall {o['recall']:.3f} (surfaced {o['surfaced_recall']:.3f}) "
+            f"precision {o['precision']:.3f} [{mos}]; "
             f"{new_text}; stability {({k: round(v, 2) for k, v in r['key_stability'].items() if v is not None})}; "
             f"drift oov {drift.get('oov_share', 0):.3f} shift {drift.get('embedding_shift') or 0:.2f} refused "
             f"{drift.get('refused_share') or 0:.2f} retrain {drift.get('retrain_recommended')}; "

@@ -42,7 +42,9 @@ from lakelens.operators.cluster_tables import (
     CLUSTERS_SCHEMA, RULES_SCHEMA, cluster_keys, clusters_table, rules_table, txn_clusters_schema,
 )
 from lakelens.operators.encoder.checkpoint import LoadedEncoder
-from lakelens.operators.features import ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features, unseen_signature
+from lakelens.operators.features import (
+    REGULARITY_COLUMNS, ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features, timing_block, unseen_signature,
+)
 from lakelens.operators.hdbscan import PHDBSCAN
 from lakelens.operators.lineage import GONE, LineageParams, centroids, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
@@ -68,7 +70,7 @@ def spec_of(cfg: ClusterConfig) -> ExpertFeatureSpec:
 def clustering_fingerprint(cfg: ClusterConfig, model: str) -> str:
     """What must be unchanged for new transactions to join yesterday's clusters."""
     return fingerprint_hash({"model": model, "spec": vars(spec_of(cfg)), "weights": [cfg.expert_weight,
-                             cfg.embedding_weight, cfg.unseen_weight], "hdbscan": [cfg.min_cluster_size, cfg.min_samples,
+                             cfg.embedding_weight, cfg.unseen_weight, cfg.timing_weight], "hdbscan": [cfg.min_cluster_size, cfg.min_samples,
                                                                 cfg.cluster_selection_method, cfg.max_cluster_share]},
                             length=16)
 
@@ -166,6 +168,9 @@ class ClusteringRun:
             if cfg.unseen_weight > 0:  # new event types the encoder cannot tell apart (operators/features.py)
                 signature = unseen_signature(embeddings.column("unseen_event_types").to_pylist())
                 features = np.hstack([features, cfg.unseen_weight * signature]).astype(np.float32)
+            if cfg.timing_weight > 0:  # how regular each session is: scripts apart from people
+                regularity = np.stack([embeddings.column(c).to_numpy() for c in REGULARITY_COLUMNS], axis=1)
+                features = np.hstack([features, cfg.timing_weight * timing_block(regularity)]).astype(np.float32)
         ids = txns.column("transaction_id")
         with run.stage("cluster"):
             assignment, chain = (self._cluster_incremental(ids, features) if self.continues
@@ -210,7 +215,7 @@ class ClusteringRun:
                                  pa.schema([])).drop_columns([SOURCE_FILE, SOURCE_ROW])
             embeddings = pa.concat_tables([
                 run.lake.read_table(i.path, columns=["transaction_id", "dt", "embedding", "top_events",
-                                                     "unseen_event_types", *timing])
+                                                     "unseen_event_types", *TIMING_COLUMNS])
                 for i in run.inputs if i.table == EMBEDDINGS]).sort_by("transaction_id")
             # a transaction without a sequence cannot be clustered
             keep = pc.is_in(txns.column("transaction_id"), value_set=embeddings.column("transaction_id"))

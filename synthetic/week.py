@@ -770,8 +770,9 @@ def measure_week_detection(lake: Lake, manifest: dict[str, Any]) -> dict[str, An
     """Detection numbers of one published behavior-clusters run, overall, per MO, and for the week's patterns.
 
     Over the run's window (its input transactions) joined with truth/transactions:
-    * overall: `recall` is the share of unlabelled fraud inside flagged clusters, `precision` the share of
-      flagged-cluster members that are fraud (as `measure_detection`);
+    * overall: `recall` is the share of unlabelled fraud inside flagged clusters, `surfaced_recall` the
+      share inside clusters that reach reviewers (flagged, or emerging: a pattern with no labels cannot be
+      flagged from risk, only shown), `precision` the share of flagged-cluster members that are fraud;
     * per MO (`mo`, or fraud_mo/archetype for worlds without it): transactions, unlabelled fraud, `recall`
       (its unlabelled transactions inside flagged clusters; None for legitimate archetypes), `flagged`
       (its members in flagged clusters), `flagged_share`, `share_of_flagged` (of all flagged members), and
@@ -799,12 +800,14 @@ def measure_week_detection(lake: Lake, manifest: dict[str, Any]) -> dict[str, An
         JOIN read_parquet('{truth}', union_by_name = true) tt USING (transaction_id)
         LEFT JOIN members m USING (transaction_id)
         LEFT JOIN c USING (cluster_key)""")
-    total, unlabelled, caught, flagged, flagged_fraud = con.execute("""
+    total, unlabelled, caught, surfaced, flagged, flagged_fraud = con.execute("""
         SELECT count(*), count(*) FILTER (is_fraud AND label IS NULL), count(*) FILTER (is_fraud AND label IS NULL AND flagged),
+               count(*) FILTER (is_fraud AND label IS NULL AND (flagged OR coalesce(emerging, false))),
                count(*) FILTER (flagged), count(*) FILTER (flagged AND is_fraud) FROM t""").fetchone()
     n_flagged_clusters = con.execute(f"SELECT count(*) FROM read_parquet({files('clusters')}) WHERE flagged").fetchone()[0]
     overall = {"transactions": total, "unlabelled_fraud": unlabelled, "caught": caught,
-               "recall": caught / max(unlabelled, 1), "flagged_members": flagged,
+               "recall": caught / max(unlabelled, 1), "surfaced": surfaced,
+               "surfaced_recall": surfaced / max(unlabelled, 1), "flagged_members": flagged,
                "precision": flagged_fraud / max(flagged, 1), "flagged_clusters": n_flagged_clusters}
     per_mo = {}
     rows = con.execute("""
@@ -814,12 +817,14 @@ def measure_week_detection(lake: Lake, manifest: dict[str, Any]) -> dict[str, An
              mo_precision AS (SELECT mo, sum(f.fraud) AS fraud, sum(f.members) AS members
                               FROM mo_clusters JOIN flagged_clusters f USING (cluster_key) GROUP BY ALL)
         SELECT mo, bool_or(is_fraud), count(*), count(*) FILTER (is_fraud AND label IS NULL),
-               count(*) FILTER (is_fraud AND label IS NULL AND flagged), count(*) FILTER (flagged),
-               any_value(p.fraud), any_value(p.members)
+               count(*) FILTER (is_fraud AND label IS NULL AND flagged),
+               count(*) FILTER (is_fraud AND label IS NULL AND (flagged OR coalesce(emerging, false))),
+               count(*) FILTER (flagged), any_value(p.fraud), any_value(p.members)
         FROM t LEFT JOIN mo_precision p USING (mo) GROUP BY mo ORDER BY mo""").fetchall()
-    for name, is_fraud, n, unl, cau, flg, p_fraud, p_members in rows:
+    for name, is_fraud, n, unl, cau, sur, flg, p_fraud, p_members in rows:
         per_mo[name] = {"fraud": bool(is_fraud), "transactions": n, "unlabelled_fraud": unl, "caught": cau,
-                        "recall": (cau / unl if unl else 0.0) if is_fraud else None, "flagged": flg,
+                        "recall": (cau / unl if unl else 0.0) if is_fraud else None,
+                        "surfaced_recall": (sur / unl if unl else 0.0) if is_fraud else None, "flagged": flg,
                         "flagged_share": flg / n if n else 0.0, "share_of_flagged": flg / flagged if flagged else 0.0,
                         "precision": (p_fraud / p_members) if p_members else None}
     return {"run_id": manifest.get("run_id"), "partition": manifest.get("partition"), "overall": overall,
