@@ -77,6 +77,7 @@ class FaissBackend:
     device: str = "auto"
     nprobe: int | None = None
     seed: int = 0
+    recall_target: float | None = 0.95  # see knn.knn_graph
     _index: Any = field(default=None, repr=False)
 
     kind = "faiss"
@@ -100,10 +101,10 @@ class FaissBackend:
             return 2.0 * np.sin(np.minimum(dist, np.pi) / 2.0)
         return dist
 
-    def knn(self, k: int) -> KnnGraph:
+    def knn(self, k: int, recall_k: int | None = None) -> KnnGraph:
         """Chord distances: spanning trees are built on them and mapped with `to_metric` at the end."""
         return knn_mod.knn_graph(self.data, k, method=self.method, device=self.device, nprobe=self.nprobe,
-                                 seed=self.seed)
+                                 seed=self.seed, recall_k=recall_k, recall_target=self.recall_target)
 
     def query(self, points: np.ndarray, k: int) -> KnnGraph:
         if self._index is None:
@@ -173,8 +174,9 @@ class MetricBackend:
                                 metric_params=params or None, algorithm=self.algorithm, leaf_size=self.leaf_size,
                                 n_jobs=self.n_jobs).fit(self.data)
 
-    def knn(self, k: int) -> KnnGraph:
+    def knn(self, k: int, recall_k: int | None = None) -> KnnGraph:
         k = min(k, self.n)
+        recall_k = min(recall_k or k, k)
         if self.algorithm == "nndescent":
             try:
                 index = self._neighbours(k)
@@ -185,13 +187,29 @@ class MetricBackend:
                 warnings.warn(f"pynndescent failed to compile in this process ({type(exc).__name__}); "
                               "using scikit-learn's exact NearestNeighbors instead", RuntimeWarning)
                 self.algorithm = "auto"
-                return self.knn(k)
+                return self.knn(k, recall_k)
             self._nn = index
             idx, dist = index.neighbor_graph
-            return _ordered_with_self(np.asarray(dist[:, :k], dtype=np.float64), np.asarray(idx[:, :k], np.int64), k)
+            graph = _ordered_with_self(np.asarray(dist[:, :k], dtype=np.float64), np.asarray(idx[:, :k], np.int64), k)
+            return KnnGraph(graph.distances, graph.indices, self._measure(graph, k, recall_k))
         self._nn = self._neighbours(k)
         dist, idx = self._nn.kneighbors(self.data, k)
-        return _ordered_with_self(dist.astype(np.float64), idx.astype(np.int64), k)
+        graph = _ordered_with_self(dist.astype(np.float64), idx.astype(np.int64), k)
+        return KnnGraph(graph.distances, graph.indices, knn_mod.KnnReport("exact", k, recall_k))
+
+    def _measure(self, graph: KnnGraph, k: int, recall_k: int, size: int = knn_mod.RECALL_SAMPLE) -> knn_mod.KnnReport:
+        """pynndescent's graph is approximate: its recall against exact distance rows of a sample."""
+        rows = np.sort(np.random.default_rng(self.seed + 7919).choice(self.n, min(size, self.n), replace=False))
+        truth = np.empty((rows.size, recall_k))
+        step = max(1, (1 << 22) // self.n)
+        for lo in range(0, rows.size, step):
+            d = self.rows(rows[lo:lo + step])
+            truth[lo:lo + step] = np.sort(np.partition(d, recall_k - 1, axis=1)[:, :recall_k], axis=1)
+        sample = knn_mod.SampleTruth(rows, truth, np.zeros(truth.shape, dtype=np.int64))
+        recall, _ = knn_mod.sample_recall(graph.distances[rows], sample)
+        err = knn_mod.core_error(graph.distances[rows], sample)
+        return knn_mod.KnnReport("nndescent", k, recall_k, recall, None, None, None, int(rows.size),
+                                 float(err.mean()), float(err.max()))
 
     def query(self, points, k: int) -> KnnGraph:
         k = min(k, self.n)
@@ -264,7 +282,7 @@ class PrecomputedBackend:
 
     from_metric = to_metric
 
-    def knn(self, k: int) -> KnnGraph:
+    def knn(self, k: int, recall_k: int | None = None) -> KnnGraph:
         k = min(k, self.n)
         d = self.matrix
         part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < self.n else np.tile(np.arange(self.n), (self.n, 1))
@@ -272,7 +290,8 @@ class PrecomputedBackend:
         if k < self.n and self.n <= 4096:
             part = np.tile(np.arange(self.n), (self.n, 1))
         dist = np.take_along_axis(d, part, axis=1).astype(np.float64)
-        return knn_mod._ordered_rows(dist, part.astype(np.int64), k)
+        graph = knn_mod._ordered_rows(dist, part.astype(np.int64), k)
+        return KnnGraph(graph.distances, graph.indices, knn_mod.KnnReport("exact", k, min(recall_k or k, k)))
 
     def query(self, points, k: int) -> KnnGraph:
         raise ValueError("a model fitted on precomputed distances cannot place new points: it has no vectors")
@@ -308,7 +327,8 @@ def choose_algorithm(metric: Any, n: int, hint: str, knn_method: str, sparse: bo
 
 def make_backend(X, metric: Any, metric_kwargs: dict[str, Any], *, algorithm: str = "auto", knn_method: str = "auto",
                  device: str = "auto", nprobe: int | None = None, seed: int = 0, leaf_size: int = 40,
-                 n_jobs: int | None = None, prepare: Callable[[np.ndarray, str], np.ndarray] | None = None):
+                 n_jobs: int | None = None, prepare: Callable[[np.ndarray, str], np.ndarray] | None = None,
+                 recall_target: float | None = 0.95):
     """The backend for feature rows `X` (dense array or CSR) under `metric` (canonical, see canonical_metric)."""
     from scipy import sparse as sp
 
@@ -319,7 +339,7 @@ def make_backend(X, metric: Any, metric_kwargs: dict[str, Any], *, algorithm: st
             dense = X.toarray() if is_sparse else X
             data = prepare(dense, "cosine" if metric in ("cosine", "arccos") else "euclidean")
             method = knn_method if knn_method in ("auto", "exact", "ivf", "hnsw", "cells") else "auto"
-            return FaissBackend(data, metric, method, device, nprobe, seed)
+            return FaissBackend(data, metric, method, device, nprobe, seed, recall_target)
     chosen = choose_algorithm(metric, n, algorithm, knn_method, is_sparse)
     data = X.tocsr().astype(np.float64) if is_sparse else np.ascontiguousarray(X, dtype=np.float64)
     return MetricBackend(data, metric, dict(metric_kwargs), chosen, leaf_size, n_jobs, seed)

@@ -3,11 +3,16 @@
 Rows always include the point itself. Distances are Euclidean, recomputed in float64 for the
 returned pairs (GEMM-based search loses precision for close points), and each row is ordered by
 (distance, index) so ties resolve the same way everywhere.
+
+Approximate graphs meet a recall target: a sample of rows is searched exactly, and the probe
+count (cells, IVF lists, HNSW's efSearch) rises until the sample's recall@`recall_k` reaches
+`recall_target`. Every graph carries a `KnnReport` of what it measured.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,12 +20,45 @@ from numba import njit, prange
 
 # flat search costs n^2 d: beyond this IVF cells (measured in bench/RESULTS.md) win
 EXACT_MAX_N = 20_000
+# rows searched exactly to measure an approximate graph's recall (its standard error is ~0.007 at 0.95)
+RECALL_SAMPLE = 1000
+# the cells' probe before adaptation; below LOW_PROBE_MIN_N points it is also the least probe, which
+# keeps the graphs of the small worlds the jobs pin (tests/test_behaviour_unchanged.py) as they were
+DEFAULT_PROBE = 6
+LOW_PROBE_MIN_N = 200_000
+
+
+@dataclass(frozen=True)
+class KnnReport:
+    """What a kNN graph is worth: its recall@`recall_k` and core-distance error, measured on a sample.
+
+    `recall` is 1.0 for an exact graph. For an approximate one it is the fraction of the sampled
+    rows' true `recall_k` nearest neighbours (self included) the graph holds, counted by distance
+    so ties do not matter; `core_error_mean`/`core_error_max` compare the sampled rows' distance to
+    their (recall_k - 1)-th neighbour with the exact one (relative, >= 0)."""
+
+    method: str
+    k: int
+    recall_k: int
+    recall: float = 1.0
+    recall_target: float | None = None
+    probe: int | None = None  # cells / IVF lists / efSearch the graph used
+    cells: int | None = None
+    sample: int = 0  # rows measured (0: exact, nothing to measure)
+    core_error_mean: float = 0.0
+    core_error_max: float = 0.0
+    seconds_measuring: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.sample == 0
 
 
 @dataclass(frozen=True)
 class KnnGraph:
     distances: np.ndarray  # (n, k) float64, ascending per row
     indices: np.ndarray  # (n, k) int64
+    report: KnnReport | None = None  # None for graphs assembled elsewhere (shards, callers)
 
 
 def gpu_available() -> bool:
@@ -104,40 +142,168 @@ def _pair_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray, out:
 
 
 def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "auto", nprobe: int | None = None,
-              seed: int = 0) -> KnnGraph:
-    """The kNN graph of `data` with itself, k including each point.
+              seed: int = 0, recall_k: int | None = None, recall_target: float | None = 0.95,
+              sample: int = RECALL_SAMPLE) -> KnnGraph:
+    """The kNN graph of `data` with itself, k including each point, with a `KnnReport`.
 
     `cells` (the default beyond EXACT_MAX_N on CPU) partitions the points with k-means and lets
     each cell search, by blockwise GEMM, the points of the `nprobe` cells nearest to it;
-    `ivf`/`hnsw` use FAISS's own approximate indexes.
+    `ivf`/`hnsw` use FAISS's own approximate indexes. Without `nprobe`, an approximate method
+    raises its probe until recall@`recall_k` (default k) on a sample reaches `recall_target`;
+    with `nprobe` (or a target of None) the probe is fixed and the recall only measured.
     """
     data = np.ascontiguousarray(data, dtype=np.float32)
     n = data.shape[0]
     k = min(k, n)
+    recall_k = min(recall_k or k, k)
     if method == "auto":
         method = "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else "cells")
     if method == "cells":
-        return cell_knn(data, k, probe=nprobe, seed=seed)
+        return cell_knn(data, k, probe=nprobe, seed=seed, recall_k=recall_k, recall_target=recall_target,
+                        sample=sample)
     index = build_index(data, method=method, device=device, nprobe=nprobe, seed=seed)
-    return search(index, data, data, k)
+    if method == "exact":
+        return KnnGraph(*_rows(search(index, data, data, k)), KnnReport("exact", k, recall_k))
+    started = time.perf_counter()
+    truth = exact_sample(data, recall_k, sample, seed, gpu=_use_gpu(device))
+    probe, limit = _probe(index), (index.nlist if method == "ivf" else 4096)
+    while True:  # a sample's recall at this probe; raise it until the target holds
+        found = search(index, data, data[truth.rows], k)
+        recall, low = sample_recall(found.distances, truth)
+        if nprobe is not None or recall_target is None or low >= recall_target or probe >= limit:
+            break
+        probe = min(limit, probe * 2)
+        _set_probe(index, probe)
+    measuring = time.perf_counter() - started
+    graph = search(index, data, data, k)
+    report = _report(method, k, graph, truth, recall_target, probe, getattr(index, "nlist", None), measuring)
+    return KnnGraph(graph.distances, graph.indices, report)
+
+
+def _rows(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
+    return graph.distances, graph.indices
+
+
+def _probe(index) -> int:
+    hnsw = getattr(index, "hnsw", None)
+    return int(hnsw.efSearch) if hnsw is not None else int(index.nprobe)
+
+
+def _set_probe(index, probe: int) -> None:
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = int(probe)
+    else:
+        index.nprobe = int(probe)
 
 
 def _use_gpu(device: str) -> bool:
     return device == "cuda" or (device == "auto" and gpu_available())
 
 
-def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0) -> KnnGraph:
-    """kNN by k-means cells: each cell's points search the union of the `probe` cells nearest its centroid."""
+@dataclass(frozen=True)
+class SampleTruth:
+    """Exact neighbours of sampled rows: ids (n_sample,), distances and indices (n_sample, recall_k)."""
+
+    rows: np.ndarray
+    distances: np.ndarray
+    indices: np.ndarray
+
+
+def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int = 0, gpu: bool = False) -> SampleTruth:
+    """`size` rows drawn at random and their exact k nearest rows (self included), by brute force."""
+    import faiss
+
+    n = data.shape[0]
+    rows = np.sort(np.random.default_rng(seed + 7919).choice(n, min(size, n), replace=False))
+    queries = np.ascontiguousarray(data[rows])
+    if gpu:
+        _, idx = faiss.knn_gpu(faiss.StandardGpuResources(), queries, data, int(k))
+    else:
+        _, idx = faiss.knn(queries, data, int(k))
+    exact = _ordered_rows(exact_distances(data, queries, idx), idx, k)
+    return SampleTruth(rows, exact.distances, exact.indices)
+
+
+def sample_recall(distances: np.ndarray, truth: SampleTruth) -> tuple[float, float]:
+    """(recall, its lower bound two standard errors down) of graph rows for the sampled rows.
+
+    A graph neighbour counts when it is no farther than the true k-th neighbour, so a tie with a
+    true neighbour counts as finding it."""
+    k = truth.distances.shape[1]
+    radius = truth.distances[:, -1:] * (1 + 1e-6) + 1e-12
+    per_row = (distances[:, :k] <= radius).sum(axis=1) / k
+    mean = float(per_row.mean())
+    return mean, mean - 2.0 * float(per_row.std()) / math.sqrt(per_row.size)
+
+
+def core_error(distances: np.ndarray, truth: SampleTruth) -> np.ndarray:
+    """Relative error of the sampled rows' distance to their (recall_k - 1)-th neighbour (>= 0)."""
+    k = truth.distances.shape[1]
+    true = truth.distances[:, k - 1]
+    found = distances[:, k - 1]
+    return np.where(true > 0, found / np.where(true > 0, true, 1.0) - 1.0, np.where(found > 0, np.inf, 0.0))
+
+
+def _report(method: str, k: int, graph: KnnGraph, truth: SampleTruth, target: float | None, probe: int | None,
+            cells: int | None, measuring: float) -> KnnReport:
+    rows = graph.distances[truth.rows]
+    recall, _ = sample_recall(rows, truth)
+    err = core_error(rows, truth)
+    return KnnReport(method, k, truth.distances.shape[1], recall, target, probe, cells, int(truth.rows.size),
+                     float(err.mean()), float(err.max()), measuring)
+
+
+def needed_probe(near: np.ndarray, cell: np.ndarray, truth: SampleTruth) -> np.ndarray:
+    """For each sampled row and true neighbour, the probe at which the cell search finds it: one plus
+    the rank of the neighbour's cell among the cells nearest the row's home cell (`near` holds,
+    per sampled row, every cell id in order of its centroid's distance from the home centroid)."""
+    n_cells = near.shape[1]
+    rank = np.empty_like(near)
+    np.put_along_axis(rank, near, np.broadcast_to(np.arange(n_cells), near.shape), axis=1)
+    return np.take_along_axis(rank, cell[truth.indices], axis=1) + 1
+
+
+def choose_probe(needed: np.ndarray, target: float, least: int = 1) -> int:
+    """The least probe (>= `least`) whose sampled recall, two standard errors down, reaches `target`."""
+    k = needed.shape[1]
+    for probe in range(max(1, least), int(needed.max()) + 1):
+        per_row = (needed <= probe).sum(axis=1) / k
+        if per_row.mean() - 2.0 * per_row.std() / math.sqrt(per_row.size) >= target:
+            return probe
+    return int(needed.max())
+
+
+def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0,
+             recall_k: int | None = None, recall_target: float | None = 0.95, sample: int = RECALL_SAMPLE) -> KnnGraph:
+    """kNN by k-means cells: each cell's points search the union of the `probe` cells nearest its centroid.
+
+    Without `probe`, the probe is the least that meets `recall_target` on a sample: a true neighbour
+    is found exactly when its cell is among the probed ones, so one exact search of the sample gives
+    the recall at every probe before any cell is searched. Past half the points per pool a flat
+    exact search is cheaper, and is used."""
     import faiss
 
     n, dim = data.shape
+    recall_k = min(recall_k or k, k)
     n_cells = max(1, int(round(n / cell_size)))
-    probe = min(n_cells, probe or 6)
     kmeans = faiss.Kmeans(dim, n_cells, niter=12, seed=seed, verbose=False)
-    sample = data if n <= 128 * n_cells else data[np.random.default_rng(seed).choice(n, 128 * n_cells, replace=False)]
-    kmeans.train(sample)
+    training = data if n <= 128 * n_cells else data[np.random.default_rng(seed).choice(n, 128 * n_cells, replace=False)]
+    kmeans.train(training)
     _, cell = kmeans.index.search(data, 1)
     cell = cell[:, 0]
+    started = time.perf_counter()
+    truth = exact_sample(data, recall_k, sample, seed)
+    if probe is None and recall_target is not None:
+        _, near = kmeans.index.search(kmeans.centroids[cell[truth.rows]], n_cells)
+        least = DEFAULT_PROBE if n < LOW_PROBE_MIN_N else 1
+        probe = choose_probe(needed_probe(near, cell, truth), recall_target, min(least, n_cells))
+    probe = min(n_cells, probe or DEFAULT_PROBE)
+    measuring = time.perf_counter() - started
+    if probe * n / n_cells >= n / 2:  # the pools would hold most points: one flat search is cheaper
+        graph = _flat(data, k)
+        return KnnGraph(graph.distances, graph.indices, KnnReport("exact", k, recall_k, recall_target=recall_target,
+                                                                  seconds_measuring=measuring))
     _, near = kmeans.index.search(kmeans.centroids, probe)
     order = np.argsort(cell, kind="stable")
     starts = np.searchsorted(cell[order], np.arange(n_cells + 1))
@@ -150,11 +316,61 @@ def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None 
         pool = np.concatenate([order[starts[j]:starts[j + 1]] for j in near[c] if j >= 0])
         if pool.size < k:  # tiny neighbourhoods fall back to every point
             pool = np.arange(n)
-        block = faiss.IndexFlatL2(dim)
-        block.add(data[pool])
-        found = search(block, data[pool], data[members], k)
+        found = _block_search(data[pool], data[members], k)
         distances[members] = found.distances
         indices[members] = pool[found.indices]
+    graph = KnnGraph(distances, indices)
+    return KnnGraph(distances, indices, _report("cells", k, graph, truth, recall_target, probe, n_cells, measuring))
+
+
+def _block_search(stored: np.ndarray, queries: np.ndarray, k: int, cells: int = 1 << 24) -> KnnGraph:
+    """Exact k nearest of `queries` among `stored`, ordered as `search`: BLAS products in blocks of
+    about `cells` entries and a fused top-k pass (cheaper than FAISS's heaps for small k)."""
+    stored_sq = np.einsum("ij,ij->i", stored, stored)
+    distances = np.empty((queries.shape[0], k), dtype=np.float64)
+    indices = np.empty((queries.shape[0], k), dtype=np.int64)
+    step = max(1, cells // max(stored.shape[0], 1))
+    best_d = np.empty((min(step, queries.shape[0]), k), dtype=np.float32)
+    for lo in range(0, queries.shape[0], step):
+        chunk = queries[lo:lo + step]
+        idx = np.empty((chunk.shape[0], k), dtype=np.int64)
+        _top_k(chunk @ stored.T, np.einsum("ij,ij->i", chunk, chunk), stored_sq, best_d[:chunk.shape[0]], idx)
+        found = _ordered_rows(exact_distances(stored, chunk, idx), idx, k)
+        distances[lo:lo + step], indices[lo:lo + step] = found.distances, found.indices
+    return KnnGraph(distances, indices)
+
+
+@njit(parallel=True, cache=True)
+def _top_k(dot: np.ndarray, query_sq: np.ndarray, stored_sq: np.ndarray, best_d: np.ndarray,
+           best_i: np.ndarray) -> None:
+    """Per row, the k smallest |q|^2 + |s|^2 - 2 q.s by insertion into a sorted list; most entries
+    fail the first comparison with the current k-th, which is what makes this pass cheap."""
+    k = best_i.shape[1]
+    for i in prange(dot.shape[0]):
+        for t in range(k):
+            best_d[i, t] = np.inf
+            best_i[i, t] = -1
+        worst = np.inf
+        base = query_sq[i]
+        for j in range(dot.shape[1]):
+            d = base + stored_sq[j] - 2.0 * dot[i, j]
+            if d < worst:
+                t = k - 1
+                while t > 0 and best_d[i, t - 1] > d:
+                    best_d[i, t] = best_d[i, t - 1]
+                    best_i[i, t] = best_i[i, t - 1]
+                    t -= 1
+                best_d[i, t] = d
+                best_i[i, t] = j
+                worst = best_d[i, k - 1]
+
+
+def _flat(data: np.ndarray, k: int, batch: int = 16_384) -> KnnGraph:
+    distances = np.empty((data.shape[0], k), dtype=np.float64)
+    indices = np.empty((data.shape[0], k), dtype=np.int64)
+    for lo in range(0, data.shape[0], batch):
+        found = _block_search(data, data[lo:lo + batch], k)
+        distances[lo:lo + batch], indices[lo:lo + batch] = found.distances, found.indices
     return KnnGraph(distances, indices)
 
 

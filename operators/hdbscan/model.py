@@ -102,7 +102,9 @@ class HDBSCANParams:
     knn_k: int | None = None  # neighbours in the graph, self included; default max(min_samples + 1, 16)
     knn_method: str = "auto"  # exact, ivf, hnsw, cells, nndescent or auto
     device: str = "auto"  # cpu, cuda or auto
-    nprobe: int | None = None
+    nprobe: int | None = None  # a fixed probe; None adapts it to knn_recall_target
+    # an approximate graph probes until recall@(min_samples + 1), measured on a sample, reaches this
+    knn_recall_target: float | None = 0.95
     seed: int = 0
     # distance evaluations allowed per component join before it stops certifying exactness
     join_pair_budget: float = 5e7
@@ -135,6 +137,10 @@ class HDBSCANParams:
             raise ValueError("cluster_selection_epsilon_max must be >= cluster_selection_epsilon")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        target = self.knn_recall_target
+        if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)
+                                   or not 0 < target <= 1):
+            raise ValueError(f"knn_recall_target must be a number in (0, 1] or None, got {target!r}")
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {self.cluster_selection_method!r}")
 
@@ -152,6 +158,7 @@ class HDBSCANResult:
     timings: dict[str, float] = field(default_factory=dict)
     joins: JoinReport = field(default_factory=JoinReport)  # how kNN-graph components were joined
     spanning_tree: np.ndarray | None = None  # (n - 1, 3) rows (a, b, weight), when asked for
+    knn: knn_mod.KnnReport | None = None  # the graph's measured recall (None: a graph the caller gave)
 
 
 def prepare_data(X, metric: str = "euclidean", check_finite: bool = True) -> np.ndarray:
@@ -216,6 +223,7 @@ class SpanningTree:
     w: np.ndarray
     joins: JoinReport = field(default_factory=JoinReport)
     timings: dict[str, float] = field(default_factory=dict)
+    knn: knn_mod.KnnReport | None = None
 
 
 def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None = None) -> SpanningTree:
@@ -232,17 +240,24 @@ def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None
         k = min(n, max(samples + 1, params.knn_k or 16))
         dim = backend.data.shape[1] if hasattr(backend, "data") else n
         log.debug("knn graph: started, points=%d dim=%d k=%d", n, dim, k)
-        graph = backend.knn(k)
+        graph = backend.knn(k, recall_k=samples + 1)
         log_step(log, "knn graph", started, points=n, dim=dim, k=graph.indices.shape[1])
+        if graph.report is not None and not graph.report.exact:
+            r = graph.report
+            log.info("knn graph: %s, probe %s, recall@%d %.4f on %d sampled rows (target %s), core distance error "
+                     "mean %.4f max %.4f", r.method, r.probe, r.recall_k, r.recall, r.sample, r.recall_target,
+                     r.core_error_mean, r.core_error_max)
     timings["knn"] = time.perf_counter() - started
     started = step_started = time.perf_counter()
     native_core = core_distances(graph, samples)
-    log_step(log, "core distances", step_started, points=n, min_samples=samples)
+    timings["core"] = log_step(log, "core distances", step_started, points=n, min_samples=samples)
     step_started = time.perf_counter()
     if backend.kind == "faiss" and params.alpha == 1.0:
         a, b, w = knn_spanning_forest(graph, native_core)
-        log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
+        timings["forest"] = log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
+        step_started = time.perf_counter()
         a, b, w, joins = join_forest(backend.data, native_core, a, b, w, params)
+        timings["joins"] = time.perf_counter() - step_started
         # a monotone map from chord to metric distances keeps the tree; only the weights change
         core, w = backend.to_metric(native_core), backend.to_metric(w)
     else:
@@ -251,8 +266,9 @@ def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None
         if params.alpha != 1.0:
             distances = distances / params.alpha
         a, b, w = knn_spanning_forest(knn_mod.KnnGraph(distances, graph.indices), core)
-        log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
+        timings["forest"] = log_step(log, "spanning forest", step_started, edges=a.size, components=n - a.size)
         joins = JoinReport()
+        step_started = time.perf_counter()
         if a.size < n - 1:
             step_started = time.perf_counter()
             if backend.kind == "faiss" and backend.metric == "euclidean":  # d / alpha is the distance of rows / alpha
@@ -265,8 +281,9 @@ def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None
                 a, b, w = connect_components_by_rows(backend.rows, core, a, b, w, alpha=params.alpha, report=joins)
             log_step(log, "component joins", step_started, components=joins.components, rounds=joins.rounds,
                      certified=joins.certified, budgeted=joins.budgeted)
-    timings["mst"] = time.perf_counter() - started
-    return SpanningTree(core, a, b, w, joins, timings)
+        timings["joins"] = time.perf_counter() - step_started
+    timings["mst"] = time.perf_counter() - started  # core distances, forest and joins together
+    return SpanningTree(core, a, b, w, joins, timings, graph.report)
 
 
 class DisconnectedGraphError(ValueError):
@@ -340,6 +357,7 @@ def _finish(n: int, tree: SpanningTree, params: HDBSCANParams, fit_started: floa
     result = hdbscan_from_mst(n, tree.a, tree.b, tree.w, tree.core, params)
     result.timings = {**tree.timings, "tree": time.perf_counter() - started}
     result.joins = tree.joins
+    result.knn = tree.knn
     if keep_spanning_tree:
         result.spanning_tree = np.column_stack([tree.a, tree.b, tree.w]).astype(np.float64)
     log_step(log, "hdbscan fit", fit_started, points=n, clusters=len(result.selected_clusters),
@@ -351,7 +369,8 @@ def fit_hdbscan(data: np.ndarray, params: HDBSCANParams, graph: knn_mod.KnnGraph
                 keep_spanning_tree: bool = False) -> HDBSCANResult:
     """Cluster prepared data (see prepare_data) under euclidean or cosine distance with FAISS;
     pass `graph` to reuse a kNN graph."""
-    backend = FaissBackend(data, params.metric, params.knn_method, params.device, params.nprobe, params.seed)
+    backend = FaissBackend(data, params.metric, params.knn_method, params.device, params.nprobe, params.seed,
+                           params.knn_recall_target)
     return fit_backend(backend, params, graph, keep_spanning_tree)
 
 
@@ -377,7 +396,7 @@ def _fit_input(kind: str, X, metric, metric_kwargs: dict[str, Any], params: HDBS
     else:
         backend = make_backend(X, metric, metric_kwargs, algorithm=algorithm, knn_method=params.knn_method,
                                device=params.device, nprobe=params.nprobe, seed=params.seed, leaf_size=leaf_size,
-                               n_jobs=n_jobs, prepare=_prepare_finite)
+                               n_jobs=n_jobs, prepare=_prepare_finite, recall_target=params.knn_recall_target)
     if n < 2:
         return backend, _trivial(n)
     tree = spanning_tree(backend, params, graph)
@@ -399,7 +418,7 @@ def _spanning_stage(kind, X, metric, metric_kwargs, params, algorithm, leaf_size
     else:
         backend = make_backend(X, metric, metric_kwargs, algorithm=algorithm, knn_method=params.knn_method,
                                device=params.device, nprobe=params.nprobe, seed=params.seed, leaf_size=leaf_size,
-                               n_jobs=n_jobs, prepare=_prepare_finite)
+                               n_jobs=n_jobs, prepare=_prepare_finite, recall_target=params.knn_recall_target)
     return backend, (spanning_tree(backend, params) if n >= 2 else None)
 
 
@@ -413,7 +432,7 @@ FAST_METRICS = KDTREE_VALID_METRICS + BALLTREE_VALID_METRICS + ["cosine", "arcco
 ALGORITHMS = {"best": "auto", "generic": "brute", "prims_kdtree": "kd_tree", "prims_balltree": "ball_tree",
               "boruvka_kdtree": "kd_tree", "boruvka_balltree": "ball_tree"}
 # the engine's own knobs, after the hdbscan library's parameters
-ENGINE_PARAMS = ("knn_k", "knn_method", "device", "nprobe", "seed", "join_pair_budget")
+ENGINE_PARAMS = ("knn_k", "knn_method", "device", "nprobe", "seed", "join_pair_budget", "knn_recall_target")
 
 
 def _is_int(value) -> bool:
@@ -530,7 +549,7 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
                  core_dist_n_jobs=4, cluster_selection_method="eom", allow_single_cluster=False,
                  prediction_data=False, branch_detection_data=False, match_reference_implementation=False,
                  cluster_selection_epsilon_max=float("inf"), knn_k=None, knn_method="auto", device="auto",
-                 nprobe=None, seed=0, join_pair_budget=5e7, **kwargs):
+                 nprobe=None, seed=0, join_pair_budget=5e7, knn_recall_target=0.95, **kwargs):
         self.min_cluster_size = min_cluster_size
         self.min_samples = min_samples
         self.cluster_selection_epsilon = cluster_selection_epsilon
@@ -557,6 +576,7 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
         self.nprobe = nprobe
         self.seed = seed
         self.join_pair_budget = join_pair_budget
+        self.knn_recall_target = knn_recall_target
         self._metric_kwargs = kwargs
         self._prediction_data = None
         self._relative_validity = None
@@ -572,7 +592,8 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
             cluster_selection_epsilon=float(self.cluster_selection_epsilon),
             allow_single_cluster=bool(self.allow_single_cluster), metric=self._canonical_metric(),
             knn_k=self.knn_k, knn_method=self.knn_method, device=self.device, nprobe=self.nprobe, seed=self.seed,
-            join_pair_budget=self.join_pair_budget, max_cluster_size=self.max_cluster_size or 0,
+            join_pair_budget=self.join_pair_budget, knn_recall_target=self.knn_recall_target,
+            max_cluster_size=self.max_cluster_size or 0,
             alpha=float(self.alpha), cluster_selection_persistence=float(self.cluster_selection_persistence),
             cluster_selection_epsilon_max=float(self.cluster_selection_epsilon_max),
             match_reference_implementation=bool(self.match_reference_implementation))
@@ -705,6 +726,19 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
+
+    @property
+    def knn_report_(self) -> knn_mod.KnnReport | None:
+        """How the fit's kNN graph was built and what it is worth (see knn.KnnReport); None when
+        the graph came from the caller (a sparse precomputed matrix, or `graph=`)."""
+        self._require_fit("kNN graph")
+        return self.result_.knn
+
+    @property
+    def knn_recall_(self) -> float | None:
+        """The kNN graph's recall@(min_samples + 1): 1.0 when exact, else measured on a sample."""
+        report = self.knn_report_
+        return None if report is None else report.recall
 
     # -- the hdbscan library's attributes ----------------------------------------------------------
 
@@ -900,7 +934,8 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
         data = arrays["data"]
         metric = model._canonical_metric()
         if isinstance(metric, str) and metric in ("euclidean", "cosine", "arccos"):
-            backend = FaissBackend(data, metric, model.knn_method, model.device, model.nprobe, model.seed)
+            backend = FaissBackend(data, metric, model.knn_method, model.device, model.nprobe, model.seed,
+                                   model.knn_recall_target)
         else:
             backend = MetricBackend(data, metric, model._metric_params(), seed=model.seed)
         model.result_ = HDBSCANResult(
