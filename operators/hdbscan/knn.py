@@ -25,7 +25,7 @@ RECALL_SAMPLE = 1000
 # the cells' probe before adaptation; below LOW_PROBE_MIN_N points it is also the least probe, which
 # keeps the graphs of the small worlds the jobs pin (tests/test_behaviour_unchanged.py) as they were
 DEFAULT_PROBE = 6
-LOW_PROBE_MIN_N = 200_000
+LOW_PROBE_MIN_N = 40_000
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""The kNN graph is as accurate as asked: an approximate graph raises its probe until its recall,
+checked here against exact FAISS on rows it did not measure itself, reaches `knn_recall_target`,
+and every fit says what recall it got."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from lakelens.operators.hdbscan import PHDBSCAN
+from lakelens.operators.hdbscan.knn import KnnGraph, SampleTruth, choose_probe, knn_graph, needed_probe
+
+
+def _hard_blobs(n: int = 40_000, dim: int = 16, seed: int = 0) -> np.ndarray:
+    """Isotropic blobs in 16 dimensions: true neighbours spread over many k-means cells."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-20, 20, size=(8, dim))
+    return (centres[rng.integers(0, 8, n)] + rng.standard_normal((n, dim)) * 2.0).astype(np.float32)
+
+
+def _exact_recall(data: np.ndarray, graph: KnnGraph, k: int, size: int = 500, seed: int = 12345) -> float:
+    """recall@k of `graph` on rows drawn independently of the graph's own sample, against IndexFlatL2."""
+    rows = np.random.default_rng(seed).choice(data.shape[0], size, replace=False)
+    index = faiss.IndexFlatL2(data.shape[1])
+    index.add(data)
+    squared, _ = index.search(data[rows], k)
+    radius = np.sqrt(np.maximum(squared[:, -1:], 0)) * (1 + 1e-4) + 1e-6  # float32 search, float64 graph
+    return float((graph.distances[rows, :k] <= radius).mean())
+
+
+@pytest.fixture(scope="module")
+def hard():
+    return _hard_blobs()
+
+
+@pytest.fixture(scope="module")
+def cell_graphs(hard):
+    return {target: knn_graph(hard, 16, method="cells", recall_k=11, recall_target=target) for target in (0.8, 0.99)}
+
+
+@pytest.mark.parametrize("target", [0.8, 0.99])
+def test_a_cell_graph_reaches_its_recall_target_on_rows_it_did_not_measure(hard, cell_graphs, target):
+    graph = cell_graphs[target]
+    measured = _exact_recall(hard, graph, 11)
+    assert measured >= target
+    assert graph.report.recall >= target and graph.report.recall_target == target
+    assert abs(graph.report.recall - measured) < 0.02  # the estimate is a fair one
+
+
+def test_a_higher_target_probes_more_cells(cell_graphs):
+    low, high = cell_graphs[0.8].report, cell_graphs[0.99].report
+    assert high.probe > low.probe and high.recall > low.recall
+
+
+def test_a_fixed_probe_is_measured_not_adapted(hard):
+    graph = knn_graph(hard, 16, method="cells", nprobe=1, recall_k=11, recall_target=0.99)
+    assert graph.report.probe == 1
+    assert graph.report.recall < 0.99  # one cell misses neighbours on this data, and the report says so
+    assert abs(graph.report.recall - _exact_recall(hard, graph, 11)) < 0.03
+    assert graph.report.core_error_mean > 0 and graph.report.core_error_max >= graph.report.core_error_mean
+
+
+def test_an_ivf_index_raises_nprobe_until_the_target_holds(hard):
+    graph = knn_graph(hard, 16, method="ivf", device="cpu", recall_k=11, recall_target=0.97)
+    assert _exact_recall(hard, graph, 11) >= 0.97
+    assert graph.report.method == "ivf" and graph.report.probe >= 1
+
+
+def test_the_probe_needed_for_each_neighbour_is_its_cell_rank_from_the_home_cell():
+    # two sampled rows, 4 cells; near[i] lists cells by distance from row i's home centroid
+    near = np.array([[0, 1, 2, 3], [2, 3, 1, 0]])
+    cell = np.array([0, 1, 2, 3, 3])  # point -> cell
+    truth = SampleTruth(np.array([0, 2]), np.zeros((2, 3)), np.array([[0, 1, 4], [2, 3, 0]]))
+    needed = needed_probe(near, cell, truth)
+    assert needed.tolist() == [[1, 2, 4], [1, 2, 4]]
+    assert choose_probe(needed, 0.6) == 2  # probe 2 finds 2 of 3 for both rows
+    assert choose_probe(needed, 1.0) == 4
+    assert choose_probe(needed, 0.5, least=3) == 3
+
+
+def test_a_fit_reports_its_graph_recall_exact_below_the_cell_threshold():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 8))
+    model = PHDBSCAN(min_cluster_size=20, min_samples=5).fit(X)
+    assert model.knn_recall_ == 1.0 and model.knn_report_.exact and model.knn_report_.recall_k == 6
+
+
+def test_an_approximate_fit_reports_the_recall_it_measured(hard):
+    model = PHDBSCAN(min_cluster_size=500, min_samples=10, knn_recall_target=0.97).fit(hard)
+    report = model.knn_report_
+    assert report.method == "cells" and report.recall_k == 11 and report.sample == 1000
+    assert model.knn_recall_ == report.recall >= 0.97
+    assert model.get_params()["knn_recall_target"] == 0.97
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "high", True])
+def test_knn_recall_target_must_be_a_share_in_0_1(bad):
+    with pytest.raises(ValueError, match="knn_recall_target"):
+        PHDBSCAN(min_cluster_size=5, knn_recall_target=bad).fit(np.random.default_rng(0).standard_normal((50, 2)))
