@@ -4,7 +4,8 @@ Setup, not timed as the job: generate the world, build day 1's sequences and tra
 encoder on them (the daily job uses an encoder trained earlier). Timed: one scheduled run as a
 user starts it, a fresh `lakelens run behavior-clusters` process with a cold local Ray, which
 builds sequences and embeddings for every day of the window, clusters, scores risk, induces rules
-and publishes. Then the next day's incremental run. Each run's stage timings come from the
+and publishes. Then the next day's incremental run, then a forced full re-cluster of that same day
+(its sequences and embeddings already published), so both clustering paths compare side by side. Each run's stage timings come from the
 manifests; peak memory covers the driver and all Ray processes.
 """
 
@@ -63,9 +64,14 @@ def main() -> None:
     for name, seconds in setup.items():
         print(f"setup {name}: {seconds:.1f} s")
 
-    for label, day in (("full (cold, window of 3 new days)", window[-1]), ("incremental (next day)", next_day)):
+    runs = (("full (cold, window of 3 new days)", window[-1], []), ("incremental (next day)", next_day, []),
+            ("full re-cluster of the next day (warm: its sequences and embeddings exist)", next_day, ["--full"]))
+    walls: dict[str, float] = {}
+    for label, day, flags in runs:
         with PeakRSS() as rss:
-            wall = lakelens("run", "behavior-clusters", "--lake", str(root), "--date", str(day), "--config", str(config))
+            wall = lakelens("run", "behavior-clusters", "--lake", str(root), "--date", str(day), "--config", str(config),
+                            *flags)
+        walls[label] = wall
         manifest = visible(lake, "behavior-clusters", day)
         days = manifest["params"]["window"]
         print(f"\n## behavior-clusters {day}: {label}")
@@ -84,6 +90,9 @@ def main() -> None:
         print(f"  transactions {manifest['metrics']['load']['transactions']:,}; assignment {manifest['metrics']['assignment']}; "
               f"clusters {manifest['metrics']['clusters']}")
         print(f"  detection: {measure_detection(lake, manifest).describe()}")
+    cold, incremental, warm_full = walls.values()
+    print(f"\nincremental / cold full: {incremental / cold:.2f}; incremental / warm full of the same day: "
+          f"{incremental / warm_full:.2f}")
 
 
 if __name__ == "__main__":

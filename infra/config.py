@@ -175,6 +175,13 @@ class ClusterConfig:
     emerging_selection_method: Literal["eom", "leaf"] = "leaf"
     # an incremental cluster counts as emerging when new, or grown by at least this factor
     emerging_growth: Annotated[float, Field(ge=1)] = 1.5
+    # scale-out (docs/scale_out.md): pHDBSCAN over this many Ray shard actors that read their rows from the
+    # run's staging area; 0 picks one shard per `shard_above` points of the window (1: single-node fit)
+    shards: NonNegInt = 0
+    shard_above: PosInt = 2_000_000
+    # the driver's memory budget in GiB (0: unchecked): stages are planned against it before they start
+    # and the run fails fast, saying what to change, when one cannot fit
+    driver_memory_gb: NonNegFloat = 0.0
 
 
 @dataclass(config=STRICT)
@@ -203,10 +210,17 @@ class LensConfig:
     # with some of the object around it
     crop_context: Annotated[float, Field(ge=1)] = 1.5
     composite: Composite = "epsilon-plus-flat"
+    # false: activations only, one plain forward per image (the semanticlens package's mode): no relevance
+    # top-k, no audits, no crops
+    relevance: bool = True
     # relevance of the predicted class, or of the label where known
     target: Literal["predicted", "label"] = "predicted"
     batch_size: PosInt = 128
-    actors: NonNegInt = 0  # 0: one per GPU, else one per CPU
+    actors: NonNegInt = 0  # 0: one per GPU, else one per 8 CPUs of the cluster (at least one)
+    threads: NonNegInt = 0  # torch threads per CPU actor; 0: the cluster's CPUs over the actors
+    # stage 1 checkpoints its statistics per block of input files of about this many rows, so a killed
+    # run resumes without recomputing finished blocks (0: one block)
+    checkpoint_rows: NonNegInt = 20_000
     device: Device = "auto"  # not part of the run id: the same work on another device
     # audits: per class name, the concepts the model should rely on and the ones it must not
     expected: dict[str, list[str]] = field(default_factory=dict)

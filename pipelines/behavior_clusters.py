@@ -112,7 +112,9 @@ def plan_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, full: 
     previous = states.previous_run(JOB, day)
     fingerprint = clustering_fingerprint(cfg, model)
     mode, reason = choose_mode(day, cfg, fingerprint, previous, full)
-    params = {"date": day.isoformat(), "window": [d.isoformat() for d in days], "clusters": vars(cfg).copy(),
+    # where the fit runs does not change its labels, so it is not part of the run's identity
+    clusters = {k: v for k, v in vars(cfg).items() if k not in ("shards", "shard_above", "driver_memory_gb")}
+    params = {"date": day.isoformat(), "window": [d.isoformat() for d in days], "clusters": clusters,
               "model": model, "mode": mode,
               "previous_run": previous and f"{previous.manifest['run_id']}/{previous.manifest['attempt_id']}"}
 

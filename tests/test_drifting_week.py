@@ -4,12 +4,14 @@ the benchmarks' worlds: an app release renames events on day 4, a sale shifts ha
 timing bot copies quick buyers' flow all week, and an unlabelled fraud pattern with its own event types
 appears on day 6. bench/detection_week.py runs the same week and records the numbers.
 
-Not asserted, because they do not hold yet (bench/RESULTS.md): the timing bot separated from the quick
-buyers it copies, and incremental and full runs agreeing on what is flagged at >= 0.9 precision.
+Not asserted here, because they do not hold on this week (bench/RESULTS.md has the numbers): recall
+>= 0.9 for every modus operandi on every day (bot checkout and promo abuse are too few at this size to
+form clusters of their own).
 """
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, timedelta
 
 import pytest
@@ -42,16 +44,59 @@ def week(tmp_path_factory, ray_local):
         day = START + timedelta(days=offset)
         manifest = run_behavior_clusters(lake, day, CONFIG)
         days[offset + 1] = {"manifest": manifest, "detection": measure_week_detection(lake, manifest)}
+    # the same day re-clustered in full, in a copy of the lake: what the incremental run should agree with
+    full_lake = Lake(root / "full")
+    shutil.copytree(lake.root_uri, full_lake.root_uri)
+    full = run_behavior_clusters(full_lake, START + timedelta(days=4), CONFIG, full=True)
+    days["full-5"] = {"manifest": full, "detection": measure_week_detection(full_lake, full), "lake": full_lake}
     return lake, days
+
+
+def _flagged_members(lake: Lake, manifest: dict) -> set[str]:
+    con = lake.duckdb_connect()
+
+    def files(table: str) -> str:
+        return "[" + ", ".join(f"'{lake.uri(f['path'])}'" for f in manifest["outputs"][table]["files"]) + "]"
+
+    return {r[0] for r in con.execute(f"""SELECT x.transaction_id FROM read_parquet({files('txn_clusters')}) x
+             JOIN read_parquet({files('clusters')}) c USING (cluster_key) WHERE c.flagged""").fetchall()}
+
+
+def test_the_timing_bot_sits_in_flagged_clusters_of_its_own_apart_from_the_quick_buyers_it_copies(week):
+    _, days = week
+    for day in (3, 4, 5, 6, 7):
+        bot = days[day]["detection"]["timing_bot"]
+        in_clusters = sum(bot["clusters"].values())
+        assert bot["transactions"] and in_clusters >= 0.7 * bot["transactions"], day
+        assert days[day]["detection"]["per_mo"]["timing_bot"]["recall"] >= 0.7, day
+        # wherever it is clustered, it is (nearly) alone: the quick buyers it copies are elsewhere
+        assert days[day]["detection"]["per_mo"]["timing_bot"]["precision"] >= 0.9, day
+        assert days[day]["detection"]["per_mo"]["quick_buyer"]["flagged_share"] <= 0.02, day
+
+
+def test_an_incremental_run_and_a_full_re_cluster_of_the_same_day_flag_the_same_fraud(week):
+    lake, days = week
+    incremental, full = days[5], days["full-5"]
+    assert incremental["manifest"]["metrics"]["mode"]["mode"] == "incremental"
+    assert full["manifest"]["metrics"]["mode"]["mode"] == "full"
+    a, b = _flagged_members(lake, incremental["manifest"]), _flagged_members(full["lake"], full["manifest"])
+    assert len(a & b) / len(a | b) >= 0.75
+    for mo, caught in incremental["detection"]["per_mo"].items():
+        if caught["recall"] is not None and caught["unlabelled_fraud"] >= 20:
+            assert abs(caught["recall"] - full["detection"]["per_mo"][mo]["recall"]) <= 0.15, mo
+    for run in (incremental, full):
+        assert run["detection"]["overall"]["precision"] >= 0.9
 
 
 def test_the_new_pattern_becomes_a_new_cluster_in_its_first_incremental_run_and_keeps_its_key(week):
     _, days = week
     first, next_day = days[6]["detection"]["new_pattern"], days[7]["detection"]["new_pattern"]
     assert days[6]["manifest"]["metrics"]["mode"]["mode"] == "incremental"
-    assert first["dominant_share"] >= 0.8 and first["dominant_purity"] >= 0.8
+    # a new cluster that the pattern dominates, holding most of it, and shown to reviewers as emerging
+    assert first["dominant_purity"] >= 0.8 and first["dominant_share"] >= 0.6
     assert first["dominant_lineage_status"] == "new" and first["dominant_emerging"]
-    assert next_day["dominant_cluster"] == first["dominant_cluster"] and next_day["dominant_share"] >= 0.8
+    assert days[6]["detection"]["per_mo"]["new_pattern"]["surfaced_recall"] >= 0.75
+    assert next_day["dominant_cluster"] == first["dominant_cluster"] and next_day["dominant_share"] >= 0.6
 
 
 def test_the_new_pattern_reaches_reviewers_in_emerging_clusters_with_its_never_seen_event_types(week):
@@ -83,3 +128,22 @@ def test_every_incremental_run_records_joins_refusals_the_noise_pool_and_emergin
         assignment = days[day]["manifest"]["metrics"]["assignment"]
         assert {"joined_existing", "refused_by_gate", "noise_pool", "emerging_clusters", "emerging_sizes"} <= set(assignment)
     assert days[6]["manifest"]["metrics"]["assignment"]["emerging_clusters"] >= 1
+
+
+def test_each_fraud_patterns_clustered_members_keep_yesterdays_key(week):
+    lake, days = week
+    con = lake.duckdb_connect()
+    truth = lake.uri("truth", "transactions") + "/**/*.parquet"
+
+    def keys(manifest: dict) -> str:
+        return "[" + ", ".join(f"'{lake.uri(f['path'])}'" for f in manifest["outputs"]["txn_clusters"]["files"]) + "]"
+
+    for day in (4, 5, 6, 7):
+        rows = con.execute(f"""
+            SELECT t.mo, avg((a.cluster_key = b.cluster_key)::INT), count(*)
+            FROM read_parquet({keys(days[day - 1]['manifest'])}) a JOIN read_parquet({keys(days[day]['manifest'])}) b
+                 USING (transaction_id) JOIN read_parquet('{truth}', union_by_name = true) t USING (transaction_id)
+            WHERE t.is_fraud AND a.cluster_key IS NOT NULL AND b.cluster_key IS NOT NULL GROUP BY t.mo""").fetchall()
+        assert rows, day
+        for mo, kept, members in rows:
+            assert kept >= 0.9, (day, mo, kept, members)
