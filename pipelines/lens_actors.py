@@ -1,6 +1,7 @@
 """The semantic-lens job's Ray Data stages: one stateful callable per model-bound stage, loaded once per actor.
 
-    ComponentStatsActor   decode, one forward + one LRP backward per batch, streaming top-k and class relevance
+    ComponentStatsActor   decode, one forward + one LRP backward per batch, streaming top-k and class relevance,
+                          the audited classes' per-sample channel relevances
     ExampleCropper        each concept example cropped to its component's channel-conditioned (CRP) heatmap
     FoundationEmbedder    each view's embedding in the foundation model's space
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +20,6 @@ from lakelens.infra.config import LensConfig
 from lakelens.infra.contracts import SOURCE_FILE, SOURCE_ROW, quarantine_rows
 from lakelens.infra.devices import actor_device
 from lakelens.infra.model_store import ModelStore
-from lakelens.infra.runs import Run
 from lakelens.infra.storage import Lake
 from lakelens.operators.lens.components import ComponentRecorder
 from lakelens.operators.lens.semantics import VIEWS_SCHEMA
@@ -29,13 +30,29 @@ def sample_key(sample_id: str) -> int:
     return int.from_bytes(hashlib.sha1(sample_id.encode()).digest()[:8], "big") >> 1
 
 
+def _setup(setup: Any) -> dict[str, Any]:
+    """Constructor arguments travel through the object store (`ray.put`), not inside the pickled actor."""
+    import ray
+
+    return ray.get(setup) if isinstance(setup, ray.ObjectRef) else setup
+
+
+def use_threads(threads: int) -> None:
+    """Ray starts actors with OMP_NUM_THREADS=1; the model gets the cores the actor was sized for."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def _recorder(lake: Lake, cfg: LensConfig, use_gpu: bool) -> tuple[ComponentRecorder, str]:
     """The model with its weights, on the actor's GPU when it was given one, wrapped for relevance passes."""
     from lakelens.operators.lens.models import create_model
 
     device = actor_device("lens.device", use_gpu)
     model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)).to(device)
-    return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target), device
+    return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target,
+                             cfg.relevance), device
 
 
 def _labels(batch: pa.Table) -> np.ndarray:
@@ -43,17 +60,24 @@ def _labels(batch: pa.Table) -> np.ndarray:
 
 
 class ComponentStatsActor:
-    """Loads the model once; each batch returns its own `ComponentStats`, pickled, for an exact merge."""
+    """Loads the model once; each batch returns its own `ComponentStats`, pickled, for an exact merge, and
+    the channel relevances of its samples whose relevance started at an audited class (`SampleRelevance`).
 
-    def __init__(self, lake: Lake, cfg: LensConfig, run: Run, use_gpu: bool = False) -> None:
-        self.recorder, self.device = _recorder(lake, cfg, use_gpu)
-        self.cfg, self.run = cfg, run
+    `setup` (usually an object-store reference) holds lake, cfg, run, use_gpu, threads, audited (class indices).
+    """
+
+    def __init__(self, setup: Any) -> None:
+        args = _setup(setup)
+        use_threads(args["threads"])
+        self.recorder, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
+        self.cfg, self.run, self.audited = args["cfg"], args["run"], np.asarray(sorted(args["audited"]), dtype=np.int64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
         from lakelens.operators.lens.codec import decode_image
         from lakelens.operators.lens.models import to_tensor
+        from lakelens.operators.lens.semantics import SampleRelevance
 
         images, keep, reasons = [], [], []
         for i, data in enumerate(batch.column("image").to_pylist()):
@@ -64,13 +88,17 @@ class ComponentStatsActor:
                 reasons.append((i, f"undecodable:image ({exc})"[:200]))
         self._quarantine(batch, reasons)
         self.recorder.stats = None
+        samples = SampleRelevance()
         if keep:
             kept = batch.take(pa.array(keep))
             ids = kept.column("sample_id").to_pylist()
             x = to_tensor(np.stack(images)).to(self.device)
             with torch.enable_grad():
-                self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
-        return pa.table({"stats": pa.array([pickle.dumps(self.recorder.stats)], pa.binary())})
+                target, relevance = self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
+            audited = np.flatnonzero(np.isin(target, self.audited))
+            if len(audited):
+                samples.add([ids[i] for i in audited], target[audited], {n: r[audited] for n, r in relevance.items()})
+        return pa.table({"stats": pa.array([pickle.dumps((self.recorder.stats, samples))], pa.binary())})
 
     def _quarantine(self, batch: pa.Table, reasons: list[tuple[int, str]]) -> None:
         if not reasons:
@@ -91,10 +119,11 @@ class ExampleCropper:
     gets its own channel-conditioned heatmap (CRP), computed for many pairs per backward pass.
     """
 
-    def __init__(self, lake: Lake, cfg: LensConfig, wanted: dict[str, list[tuple[str, int]]],
-                 use_gpu: bool = False) -> None:
-        self.recorder, self.device = _recorder(lake, cfg, use_gpu)
-        self.cfg, self.wanted = cfg, wanted
+    def __init__(self, setup: Any) -> None:
+        args = _setup(setup)  # lake, cfg, wanted, use_gpu, threads
+        use_threads(args["threads"])
+        self.recorder, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
+        self.cfg, self.wanted = args["cfg"], args["wanted"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -128,11 +157,15 @@ class ExampleCropper:
 class FoundationEmbedder:
     """Loads the foundation model once; adds each row's image embedding."""
 
-    def __init__(self, lake: Lake, cfg: LensConfig, use_gpu: bool = False) -> None:
+    def __init__(self, setup: Any) -> None:
         from lakelens.operators.lens.foundation import load_foundation
 
-        device = actor_device("lens.device", use_gpu)
-        self.foundation = load_foundation(cfg.foundation, ModelStore(lake).local_copy(cfg.foundation_weights), device)
+        args = _setup(setup)  # lake, cfg, use_gpu, threads
+        use_threads(args["threads"])
+        cfg = args["cfg"]
+        device = actor_device("lens.device", args["use_gpu"])
+        self.foundation = load_foundation(cfg.foundation, ModelStore(args["lake"]).local_copy(cfg.foundation_weights),
+                                          device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lakelens.operators.lens.codec import decode_image

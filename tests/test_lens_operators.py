@@ -47,18 +47,27 @@ def test_fewer_samples_than_k_leave_empty_slots_last():
 
 
 def test_clarity_polysemanticity_and_redundancy_equal_the_semanticlens_definitions():
+    """Polysemanticity is one batched 2-means over all components; it must give the package's
+    per-component scikit-learn fits exactly, on clear, two-group, noisy and degenerate components."""
     scores = _semanticlens().scores
     rng = np.random.default_rng(1)
-    examples = rng.normal(size=(6, 12, 16))
-    examples[0] = rng.normal(size=16) + 0.05 * rng.normal(size=(12, 16))  # one clear component
+    examples = rng.normal(size=(24, 20, 16))
+    examples[0] = rng.normal(size=16) + 0.05 * rng.normal(size=(20, 16))  # one clear component
+    examples[4:8] = rng.normal(size=(4, 1, 16)) + 0.3 * rng.normal(size=(4, 20, 16))  # clear but spread
     examples[1, :6] += 4.0  # one with two distinct groups of examples
+    examples[8:12, :7] += 3 * rng.normal(size=(4, 1, 16))  # more of those, groups of unequal size
     examples[2, 1:] = examples[2, 0]  # one whose 2-means split is degenerate
+    examples[12, 1:] = examples[12, 0]
+    examples[12, 0] += 1.0  # one example apart from 19 equal ones: a group of one
+    examples = measures.normalise(examples)  # embeddings are unit vectors
     reference = torch.as_tensor(examples)
     assert np.allclose(measures.clarity(examples), scores.clarity_score(reference).numpy())
-    assert np.allclose(measures.polysemanticity(examples), scores.polysemanticity_score(reference).numpy())
+    ours, theirs = measures.polysemanticity(examples), scores.polysemanticity_score(reference).numpy()
+    assert np.allclose(ours, theirs, rtol=0, atol=1e-9), np.abs(ours - theirs).max()
     vectors = measures.component_embeddings(examples)
     assert measures.redundancy(vectors) == pytest.approx(float(scores.redundancy_score(torch.as_tensor(vectors))))
     assert measures.clarity(examples)[0] > 0.9 > measures.clarity(examples)[3]
+    assert ours[1] > ours[0]  # two groups are more polysemantic than one
 
 
 def test_alignment_is_the_cosine_to_a_label_minus_the_cosine_to_the_empty_prompt():

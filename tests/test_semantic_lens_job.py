@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -190,9 +191,125 @@ def test_the_report_opens_in_a_browser_with_the_flagged_audit_and_every_example_
             flagged = page.locator("#audits tr.flag").all_inner_texts()
             sizes = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
             layers = page.locator("table.components").count()
+            spurious_rows = page.locator("#spurious-samples tr").count() - 1  # the header row
+            first_spurious = page.locator("#spurious-samples tr").nth(1).inner_text() if spurious_rows > 0 else ""
             title = page.title()
         finally:
             browser.close()
     assert len(flagged) == 1 and "triangle" in flagged[0] and MARKER in flagged[0], flagged
+    assert spurious_rows >= 1 and "triangle" in first_spurious, first_spurious
     assert len(sizes) >= 2 * 8 * 3 and all(s == [True, 32, 32] for s in sizes), sizes[:5]
     assert layers == 2 and MODEL in title
+
+
+def test_spurious_samples_rank_the_flagged_class_by_its_marker_components_and_carry_the_marker_first(lens_lake):
+    lake, _ = lens_lake
+    con = open_catalog(lake)
+    con.register("truth_images", truth(lake))
+    rows = con.execute("""SELECT s.rank, s.sample_id, s.relevance, s.share, t.marker, t.shape FROM spurious_samples s
+        JOIN truth_images t USING (sample_id) WHERE s.model_id = ? AND s.class_name = 'triangle' ORDER BY s.rank""",
+                       [MODEL]).fetchall()
+    assert rows and [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(a[2] >= b[2] for a, b in zip(rows, rows[1:]))  # ranked by the spurious components' relevance
+    quarter = max(10, len(rows) // 4)
+    top, bottom = rows[:quarter], rows[-quarter:]
+    marker_top = sum(r[4] for r in top) / len(top)
+    marker_bottom = sum(r[4] for r in bottom) / len(bottom)
+    assert marker_top >= 0.9 and marker_top > marker_bottom, (marker_top, marker_bottom)
+    flagged = {r[0] for r in con.execute("SELECT class_name FROM audits WHERE model_id = ? AND flagged", [MODEL]).fetchall()}
+    assert {r[0] for r in con.execute("SELECT DISTINCT class_name FROM spurious_samples WHERE model_id = ?",
+                                      [MODEL]).fetchall()} == flagged
+
+
+def test_a_killed_run_resumes_from_its_block_checkpoints_with_the_uninterrupted_result(lens_lake, tmp_path):
+    """Stage 1 checkpoints each block; a second attempt of the same run restores the finished blocks (and the
+    quarantine they wrote) instead of recomputing them, and publishes what an uninterrupted run publishes."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    lake, _ = lens_lake
+    parts = lake.list_files("images", suffix=".parquet")
+    for i, part in enumerate(parts):
+        table = lake.read_table(part.path)
+        if i == 0:  # an undecodable image in the first block: its quarantine must survive the resume
+            table = pa.concat_tables([table, pa.table({"sample_id": ["broken-2"], "image": [b"no image"], "label": [0]},
+                                                      schema=table.schema)])
+        lake.write_table(f"images-resume/part-{i:05d}.parquet", table)
+    lens = {**dataclasses.asdict(_config().lens), "model_id": "resumed", "checkpoint_rows": 401}
+    script = ("import json, sys\nfrom lakelens.infra.config import LakelensConfig, LensConfig, RayConfig\n"
+              "from lakelens.infra.storage import Lake\nfrom lakelens.pipelines.semantic_lens import run_semantic_lens\n"
+              "run_semantic_lens(Lake(sys.argv[1]), 'images-resume', LakelensConfig(ray=RayConfig(show_progress=False, "
+              "address=sys.argv[2]), lens=LensConfig(**json.loads(sys.argv[3]))))\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(lake.uri()), ray.get_runtime_context().gcs_address,
+                              json.dumps(lens)], start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    checkpoints = Path(lake.uri("runs/semantic-lens/model=resumed"))
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("*/_checkpoints/components/*.pkl")) and time.monotonic() < deadline:
+        assert child.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGKILL)  # killed mid-run, as a preempted node would be
+    child.wait()
+    done = len(list(checkpoints.glob("*/_checkpoints/components/*.pkl")))
+    assert 1 <= done < 4
+
+    manifest = run_semantic_lens(lake, "images-resume", _config(**{k: lens[k] for k in ("model_id", "checkpoint_rows")}))
+    assert manifest["metrics"]["components"]["blocks"] == {"total": 4, "resumed": done}
+    assert manifest["quarantine"]["images"]["rows"] == 1
+    assert manifest["metrics"]["components"]["images"] == 1600
+    assert not list(checkpoints.glob("*/_checkpoints/components/*.pkl"))  # removed once the run is written
+    con = open_catalog(lake)
+    for table, order in (("component_examples", "layer, unit, mode, rank"), ("components", "layer, unit"),
+                         ("audits", "class_name, kind")):
+        ours, reference = (con.execute(f"SELECT * EXCLUDE (model_id) FROM {table} WHERE model_id = ? ORDER BY {order}",
+                                       [m]).to_arrow_table().to_pylist() for m in ("resumed", MODEL))
+        assert len(ours) == len(reference) > 0
+        for a, b in zip(ours, reference):
+            for key in a:
+                if isinstance(a[key], float):
+                    assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (table, key)
+                elif key != "embedding":
+                    assert a[key] == b[key], (table, key)
+
+
+def test_an_auditor_runs_the_lens_from_python_on_an_in_memory_model_and_a_folder_of_images(lens_lake, tmp_path):
+    """No TOML: an nn.Module defined here (not importable by Ray's workers) and a folder of PNG files."""
+    import torch
+
+    from lakelens.operators.lens.models import create_model
+    from lakelens.pipelines.lens_api import audit_model
+
+    lake, _ = lens_lake
+    world = lens_config_for_world(MODEL)
+
+    class Wrapped(torch.nn.Module):  # a notebook's own class around the world's trained CNN
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = create_model("tiny-cnn", 4, lake.read_bytes(world["weights"]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    folder = tmp_path / "pngs"
+    table = lake.read_table(lake.list_files("images", suffix=".parquet")[0].path).slice(0, 200)
+    names = [f"{i}-{shape}" for i, shape in enumerate(world["class_names"])]  # sorted folders = the model's classes
+    for sample, image, label in zip(*(table.column(c).to_pylist() for c in ("sample_id", "image", "label"))):
+        (folder / names[label]).mkdir(parents=True, exist_ok=True)
+        (folder / names[label] / f"{sample}.png").write_bytes(image)
+    result = audit_model(Wrapped(), folder, lake=tmp_path / "audit", model_id="from-python",
+                         layers=["net.block3"], class_names=names, top_k=5,
+                         foundation=world["foundation"], foundation_weights=str(lake.uri(world["foundation_weights"])),
+                         vocabulary=world["vocabulary"], crop_examples=False)
+    components = result.components
+    assert components.num_rows == 32 and set(components.column("layer").to_pylist()) == {"net.block3"}
+    assert result.manifest["metrics"]["components"]["images"] == 200
+    assert result.manifest["metrics"]["components"]["accuracy"] > 0.9  # labels from the class folders
+    assert result.sql("SELECT count(*) AS n FROM components WHERE model_id = 'from-python'").column("n")[0].as_py() == 32
+    assert result.search("red", top=3).num_rows == 3
+    assert Path(result.report).exists()

@@ -75,8 +75,9 @@ class ComponentStats:
 
     def conservation(self) -> dict[str, float]:
         """Per layer: the relevance that reached it over the relevance put in (1.0 when LRP conserves it)."""
-        return {name: float(s.class_relevance.sum() / self.start_total) if self.start_total else float("nan")
-                for name, s in self.layers.items()}
+        if not self.start_total:
+            return {}  # activations only: no relevance was put in
+        return {name: float(s.class_relevance.sum() / self.start_total) for name, s in self.layers.items()}
 
     def merge(self, other: "ComponentStats") -> "ComponentStats":
         return ComponentStats({n: s.merge(other.layers[n]) for n, s in self.layers.items()},
@@ -97,7 +98,9 @@ class ComponentRecorder:
     """Hooks the chosen layers of a model and folds batches into `ComponentStats`."""
 
     def __init__(self, model: nn.Module, layers: list[str], num_classes: int, k: int = 20,
-                 composite: str = "epsilon-plus-flat", target: str = "predicted") -> None:
+                 composite: str = "epsilon-plus-flat", target: str = "predicted", relevance: bool = True) -> None:
+        """`relevance=False`: activations only, one plain forward per batch (the semanticlens package's
+        mode); no relevance top-k, class relevance stays zero."""
         if target not in ("predicted", "label"):
             raise ValueError("target must be 'predicted' or 'label'")
         self.model = model.eval()
@@ -112,7 +115,8 @@ class ComponentRecorder:
         # registered once for the recorder's life (per batch it cost ~10 % of stage 1); `close()` undoes it
         if getattr(model, "_lakelens_recorder", None) is not None:
             raise RuntimeError("this model already has a ComponentRecorder; close() it first")
-        self.composite = make_composite(composite, model)
+        self.relevance = relevance
+        self.composite = make_composite(composite, model) if relevance else None
         if self.composite is not None:
             self.composite.register(self.model)
         model._lakelens_recorder = self
@@ -147,23 +151,32 @@ class ComponentRecorder:
         return logits, target, {n: (o.detach(), g) for (n, o), g in zip(outputs.items(), grads)}
 
     def record(self, images: torch.Tensor, sample_index: np.ndarray, sample_ids: list[str],
-               labels: np.ndarray | None = None) -> None:
-        logits, target, per_layer = self.layer_relevances(images, labels)
+               labels: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Folds a batch into `self.stats`; returns the targets and each layer's channel relevances (n, channels)."""
+        if self.relevance:
+            logits, target, per_layer = self.layer_relevances(images, labels)
+        else:
+            with torch.inference_mode():
+                logits, target, _, outputs = self._forward(images, labels, list(self.layers), input_relevance=False)
+            per_layer = {n: (o, None) for n, o in outputs.items()}
+        channel_relevance = {}
         if self.stats is None:
             self.stats = self._empty({n: int(o.shape[1]) for n, (o, _) in per_layer.items()})
         stats = self.stats
         for name, (output, relevance) in per_layer.items():
             act = _aggregate(output, "mean")
-            rel = _aggregate(relevance, "sum")
             layer = stats.layers[name]
             layer.by_activation = layer.by_activation.update(act, sample_index)
+            layer.activation_sum += act.sum(axis=0)
+            if relevance is None:
+                continue
+            rel = channel_relevance[name] = _aggregate(relevance, "sum")
             layer.by_relevance = layer.by_relevance.update(rel, sample_index)
             np.add.at(layer.class_relevance, target, rel)
             np.add.at(layer.class_positive, target, np.maximum(rel, 0))
-            layer.activation_sum += act.sum(axis=0)
         np.add.at(stats.class_counts, target, 1)
         stats.samples += len(sample_index)
-        stats.start_total += float(self._start(logits, target).sum())
+        stats.start_total += float(self._start(logits, target).sum()) if self.relevance else 0.0
         if labels is not None:
             predicted = logits.detach().argmax(1).cpu().numpy()
             known = labels >= 0
@@ -171,6 +184,7 @@ class ComponentRecorder:
             stats.labelled += int(known.sum())
         stats.sample_ids.update(zip(np.asarray(sample_index).tolist(), sample_ids))
         stats.prune_ids()
+        return target, channel_relevance
 
     def channel_heatmaps(self, images: torch.Tensor, layer: str, channels: np.ndarray,
                          labels: np.ndarray | None = None) -> np.ndarray:
@@ -208,7 +222,7 @@ class ComponentRecorder:
         def hook_for(name):
             def hook(_module, _inputs, output):
                 tensor = output[0] if isinstance(output, tuple) else output
-                if not tensor.requires_grad:
+                if not tensor.requires_grad and torch.is_grad_enabled():
                     # nothing below needs relevance (the input does not ask for it): the backward
                     # pass stops at the first hooked layer
                     tensor = tensor.detach().requires_grad_(True)

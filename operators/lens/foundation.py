@@ -40,6 +40,7 @@ class Foundation:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    transform: object  # PIL image -> normalised tensor, open_clip's evaluation transform for this model
     device: str = "cpu"
 
     @torch.inference_mode()
@@ -56,13 +57,11 @@ class Foundation:
         return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
 
     def preprocess(self, images_uint8: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(images_uint8)).permute(0, 3, 1, 2).float().div(255.0)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                                                align_corners=False).clamp(0, 1)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        """The model's own evaluation transform (open_clip's: resize mode, resampling, crop, mean and std
+        from the model's preprocess config), applied to each image as the model was trained to see it."""
+        from PIL import Image
+
+        return torch.stack([self.transform(Image.fromarray(np.asarray(image))) for image in images_uint8])
 
     @property
     def dim(self) -> int:
@@ -80,9 +79,10 @@ def load_foundation(architecture: str, weights: str | Path | None, device: str =
         raise ValueError(f"weights {weights} do not match foundation model {architecture!r}: "
                          f"{str(exc).splitlines()[0]}") from exc
     model.eval()
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return Foundation(architecture, model, open_clip.get_tokenizer(architecture), int(size),
-                      tuple(cfg.get("mean", open_clip.constants.OPENAI_DATASET_MEAN)),
-                      tuple(cfg.get("std", open_clip.constants.OPENAI_DATASET_STD)), device)
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(size=model.visual.image_size),
+                                                getattr(model.visual, "preprocess_cfg", {}) or {}))
+    size = cfg.size[0] if isinstance(cfg.size, (tuple, list)) else cfg.size
+    return Foundation(architecture, model, open_clip.get_tokenizer(architecture), int(size), tuple(cfg.mean),
+                      tuple(cfg.std), image_transform_v2(cfg, is_train=False), device)

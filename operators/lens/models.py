@@ -60,12 +60,16 @@ def _timm_model(name: str, num_classes: int) -> nn.Module:
 
 
 def create_model(architecture: str, num_classes: int, weights: bytes | str | None = None) -> nn.Module:
-    """An eval-mode model: `architecture` is a name here, `torchvision:<name>`, `timm:<name>` or
-    `torchscript`; `weights` are a state dict (bytes or a local path) or, for torchscript, the file."""
+    """An eval-mode model: `architecture` is a name here, `torchvision:<name>`, `timm:<name>`, `torchscript` or
+    `pickled-module`; `weights` are a state dict (bytes or a local path) or, for the last two, the file."""
     if architecture == "torchscript":
         if weights is None:
             raise ValueError("a TorchScript model needs its file as weights")
         return torch.jit.load(io.BytesIO(weights) if isinstance(weights, bytes) else weights, map_location="cpu").eval()
+    if architecture == PICKLED_MODULE:
+        if weights is None:
+            raise ValueError("a pickled module needs its file as weights")
+        return load_pickled_module(weights).eval()
     if architecture in ARCHITECTURES:
         model = ARCHITECTURES[architecture](num_classes)
     elif architecture.startswith("torchvision:"):
@@ -74,7 +78,7 @@ def create_model(architecture: str, num_classes: int, weights: bytes | str | Non
         model = _timm_model(architecture.split(":", 1)[1], num_classes)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, "
-                         "torchvision:<name>, timm:<name>, torchscript")
+                         "torchvision:<name>, timm:<name>, torchscript, pickled-module")
     if weights is not None:
         try:
             state = torch.load(io.BytesIO(weights) if isinstance(weights, bytes) else weights, map_location="cpu",
@@ -87,6 +91,30 @@ def create_model(architecture: str, num_classes: int, weights: bytes | str | Non
             raise ValueError(f"the weights do not match architecture {architecture!r}: "
                              f"{str(exc).splitlines()[0]}") from exc
     return model.eval()
+
+
+PICKLED_MODULE = "pickled-module"  # an in-memory model saved whole by `pickle_module` (the Python API's route)
+
+
+def pickle_module(model: nn.Module) -> bytes:
+    """A whole module, its class included by value when it was defined in a notebook or script (cloudpickle),
+    so Ray's actors can rebuild a model that no importable module defines."""
+    import cloudpickle
+
+    return cloudpickle.dumps(model.cpu().eval())
+
+
+def load_pickled_module(data: bytes | str) -> nn.Module:
+    """Only for files the auditor wrote: unpickling runs code."""
+    import pickle
+
+    if isinstance(data, str):
+        with open(data, "rb") as handle:
+            data = handle.read()
+    model = pickle.loads(data)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the pickled object is a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def layer_names(model: nn.Module) -> list[str]:

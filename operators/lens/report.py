@@ -9,8 +9,9 @@ from typing import Any
 
 def render_report(model_id: str, components: list[dict[str, Any]],
                   examples: dict[tuple[str, int], list[tuple[str, bytes]]], audits: list[dict[str, Any]],
-                  per_layer: int = 8) -> str:
-    """`examples[(layer, unit)]` lists (sample id, PNG bytes of the image or its relevant crop) in rank order."""
+                  spurious: list[dict[str, Any]] | None = None, per_layer: int = 8) -> str:
+    """`examples[(layer, unit)]` lists (sample id, PNG bytes of the image or its relevant crop) in rank order;
+    `spurious` rows of the spurious_samples table (most tied first), each with its image bytes (or None)."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lakelens lens: {esc(model_id)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -28,6 +29,18 @@ def render_report(model_id: str, components: list[dict[str, Any]],
         parts.append("</table>")
     else:
         parts.append("<p>No audit configured.</p>")
+    if spurious:
+        parts.append("<h2>Samples tied to a flagged spurious concept</h2><p>Samples of each flagged class ranked by "
+                     "the relevance its spurious components carry for the class (table <code>spurious_samples</code>)."
+                     "</p><table id='spurious-samples'><tr><th>class</th><th>concepts</th><th>rank</th><th>sample</th>"
+                     "<th>relevance</th><th>share</th><th>image</th></tr>")
+        for r in spurious:
+            image = (f"<img alt='{esc(r['sample_id'])}' src='data:image/png;base64,"
+                     f"{base64.b64encode(r['image']).decode()}'>" if r.get("image") else "")
+            parts.append(f"<tr><td>{esc(r['class_name'])}</td><td>{esc(', '.join(r['concepts']))}</td><td>{r['rank']}</td>"
+                         f"<td>{esc(r['sample_id'])}</td><td>{r['relevance']:.4g}</td><td>{r['share']:.1%}</td>"
+                         f"<td>{image}</td></tr>")
+        parts.append("</table>")
     layers = sorted({c["layer"] for c in components})
     for layer in layers:
         mine = sorted((c for c in components if c["layer"] == layer), key=lambda c: -abs(c["relevance_mean"]))

@@ -4,6 +4,7 @@
     views_per_component    each (component, example) pair with its embedded view (a crop or the whole image)
     component_semantics    component embeddings, labels, clarity, polysemanticity, redundancy, relevance shares
     audit_relevance        per class: the share of relevance held by components encoding expected or spurious concepts
+    spurious_samples       per flagged class: its samples ranked by the relevance its spurious components carry
     compare_components     shared and unique concepts of two models projected into the same space
 """
 
@@ -113,8 +114,10 @@ def with_crop_boxes(examples: pa.Table, views: ComponentViews, mode: str) -> pa.
 
 
 def component_semantics(spec: SemanticsSpec, stats: ComponentStats, chosen: pa.Table, views: ComponentViews,
-                        label_vectors: np.ndarray, empty: np.ndarray) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Components, their labels and the audits, from each component's embedded examples.
+                        label_vectors: np.ndarray, empty: np.ndarray
+                        ) -> tuple[pa.Table, pa.Table, pa.Table, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Components, their labels and the audits, from each component's embedded examples; last, per layer,
+    the (components x concepts) alignments and (classes x components) relevance shares the audits use.
 
     `label_vectors` (concepts x templates x dim) and `empty` (templates x dim) are the foundation
     model's text embeddings of `spec.vocabulary` and of the empty caption.
@@ -123,12 +126,13 @@ def component_semantics(spec: SemanticsSpec, stats: ComponentStats, chosen: pa.T
     class_names = spec.class_names
     dim = label_vectors.shape[-1]
     rows, label_rows, per_layer = [], [], {}
+    examples_of: dict[str, dict[int, list[str]]] = {}
+    ranked = chosen.sort_by("rank").select(["layer", "unit", "sample_id"])
+    for layer, unit, sample in zip(*(ranked.column(c).to_pylist() for c in ("layer", "unit", "sample_id"))):
+        examples_of.setdefault(layer, {}).setdefault(unit, []).append(sample)
     for layer, layer_stats in stats.layers.items():
         units = layer_stats.activation_sum.shape[0]
-        by_unit: dict[int, list[str]] = {}
-        for r in chosen.sort_by("rank").to_pylist():
-            if r["layer"] == layer:
-                by_unit.setdefault(r["unit"], []).append(r["sample_id"])
+        by_unit = examples_of.get(layer, {})
         # every unit gets the same number of examples so the measures compare; k is the smallest seen
         k = min((len(v) for v in by_unit.values()), default=0)
         if k < 2:
@@ -158,7 +162,7 @@ def component_semantics(spec: SemanticsSpec, stats: ComponentStats, chosen: pa.T
                                    "alignment": float(aligned[u, j]), "rank": rank + 1})
     audits = audit_relevance(spec, per_layer)
     return (pa.Table.from_pylist(rows, schema=components_schema(dim)),
-            pa.Table.from_pylist(label_rows, schema=LABELS_SCHEMA), audits)
+            pa.Table.from_pylist(label_rows, schema=LABELS_SCHEMA), audits, per_layer)
 
 
 def audit_relevance(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
@@ -169,8 +173,24 @@ def audit_relevance(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, 
     relevance, so the share is taken per layer and the audit reports the layer where the set holds
     the most: a concept encoded at one depth is not diluted by the layers that do not encode it.
     """
-    class_names = spec.class_names
     rows = []
+    for (class_name, kind), (total, layer, units, concepts) in concept_sets(spec, per_layer).items():
+        flagged = kind == "spurious" and total >= spec.max_spurious_share
+        where = f" in layer {layer}" if layer else " in any analysed layer"
+        finding = (f"{total:.0%} of the relevance for class {class_name}{where} goes to components encoding "
+                   f"{', '.join(concepts)}" + (" (spurious: above the allowed share)" if flagged else ""))
+        rows.append({"model_id": spec.model_id, "class_name": class_name, "kind": kind, "concepts": concepts,
+                     "relevance_share": total, "components": [f"{layer}:{u}" for u in units[:5]],
+                     "flagged": flagged, "finding": finding})
+    return pa.Table.from_pylist(rows, schema=AUDITS_SCHEMA)
+
+
+def concept_sets(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, np.ndarray]]
+                 ) -> dict[tuple[str, str], tuple[float, str, list[int], list[str]]]:
+    """(class, "expected" | "spurious") -> (relevance share, layer, its components by share, concepts): the
+    layer where the components encoding the set hold the most of the class's relevance."""
+    class_names = spec.class_names
+    out = {}
     index = {v: i for i, v in enumerate(spec.vocabulary)}
     for class_name in sorted(set(spec.expected) | set(spec.spurious)):
         if class_name not in class_names:
@@ -181,7 +201,7 @@ def audit_relevance(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, 
             missing = [x for x in concepts if x not in index]
             if missing:
                 raise ValueError(f"audit concepts {missing} are not in the vocabulary")
-        best_layer: dict[str, tuple[float, str, list[str]]] = {kind: (0.0, "", []) for kind in sets}
+        best_layer: dict[str, tuple[float, str, list[int]]] = {kind: (0.0, "", []) for kind in sets}
         for layer, (aligned, share) in per_layer.items():
             best = {kind: (aligned[:, [index[x] for x in concepts]].max(axis=1) if concepts
                            else np.full(aligned.shape[0], -np.inf)) for kind, concepts in sets.items()}
@@ -191,18 +211,66 @@ def audit_relevance(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, 
                 total = float(share[c, mine].sum())
                 if total > best_layer[kind][0]:
                     ranked = mine[np.argsort(-share[c, mine], kind="stable")]
-                    best_layer[kind] = (total, layer, [f"{layer}:{u}" for u in ranked[:5]])
+                    best_layer[kind] = (total, layer, [int(u) for u in ranked])
         for kind, concepts in sets.items():
-            if not concepts:
-                continue
-            total, layer, top = best_layer[kind]
-            flagged = kind == "spurious" and total >= spec.max_spurious_share
-            where = f" in layer {layer}" if layer else " in any analysed layer"
-            finding = (f"{total:.0%} of the relevance for class {class_name}{where} goes to components encoding "
-                       f"{', '.join(concepts)}" + (" (spurious: above the allowed share)" if flagged else ""))
-            rows.append({"model_id": spec.model_id, "class_name": class_name, "kind": kind, "concepts": concepts,
-                         "relevance_share": total, "components": top, "flagged": flagged, "finding": finding})
-    return pa.Table.from_pylist(rows, schema=AUDITS_SCHEMA)
+            if concepts:
+                out[(class_name, kind)] = (*best_layer[kind], concepts)
+    return out
+
+
+SPURIOUS_SAMPLES_SCHEMA = pa.schema([
+    ("model_id", pa.string()), ("class_name", pa.string()), ("layer", pa.string()), ("rank", pa.int64()),
+    ("sample_id", pa.string()), ("relevance", pa.float64()), ("share", pa.float64()),
+    ("concepts", pa.list_(pa.string())),
+])
+
+
+@dataclass
+class SampleRelevance:
+    """Per-sample channel relevances of the samples whose relevance started at an audited class."""
+
+    sample_ids: list[str] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)  # per batch: (n,) class index
+    layers: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per layer, per batch: (n, channels)
+
+    def add(self, ids: list[str], targets: np.ndarray, relevances: dict[str, np.ndarray]) -> None:
+        self.sample_ids += ids
+        self.targets.append(np.asarray(targets))
+        for layer, rel in relevances.items():
+            self.layers.setdefault(layer, []).append(np.asarray(rel, dtype=np.float32))
+
+    def merge(self, other: "SampleRelevance") -> "SampleRelevance":
+        out = SampleRelevance(self.sample_ids + other.sample_ids, self.targets + other.targets,
+                              {k: v[:] for k, v in self.layers.items()})
+        for layer, parts in other.layers.items():
+            out.layers.setdefault(layer, []).extend(parts)
+        return out
+
+
+def spurious_samples(spec: SemanticsSpec, per_layer: dict[str, tuple[np.ndarray, np.ndarray]],
+                     samples: SampleRelevance) -> pa.Table:
+    """For each class the audit flags: its samples ranked by the relevance its spurious components carry
+    for the class (summed over those components, at the audit's layer), with that relevance's share of
+    the sample's positive relevance at the layer. These are the training data tied to the spurious
+    concept (SemanticLens's use of the audit)."""
+    rows = []
+    targets = np.concatenate(samples.targets) if samples.targets else np.zeros(0, np.int64)
+    ids = np.asarray(samples.sample_ids, dtype=object)
+    for (class_name, kind), (total, layer, units, concepts) in concept_sets(spec, per_layer).items():
+        if kind != "spurious" or total < spec.max_spurious_share or not units:
+            continue
+        mine = targets == spec.class_names.index(class_name)
+        if not mine.any():
+            continue
+        rel = np.concatenate(samples.layers[layer]).astype(np.float64)[mine]
+        score = rel[:, units].sum(axis=1)
+        share = score / np.maximum(np.maximum(rel, 0).sum(axis=1), 1e-12)
+        order = np.lexsort((ids[mine], -score))  # ties by id, so the order never depends on batches
+        for rank, i in enumerate(order, start=1):
+            rows.append({"model_id": spec.model_id, "class_name": class_name, "layer": layer, "rank": rank,
+                         "sample_id": ids[mine][i], "relevance": float(score[i]), "share": float(share[i]),
+                         "concepts": concepts})
+    return pa.Table.from_pylist(rows, schema=SPURIOUS_SAMPLES_SCHEMA)
 
 
 def compare_components(model_a: str, a: pa.Table, model_b: str, b: pa.Table, min_alignment: float,
