@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 PROGRESS_LINES = 20  # kNN batch progress lines per fit, at most
 EXACT_SHARDED_MAX_N = 200_000  # `auto` searches exactly up to here, IVF beyond
 JOIN_SEEDS = 4  # members per component and shard searched first, for an upper bound that prunes the rest
-FILTER_MAX_SAME = 4096  # join searches filter out up to this many same-component points, else use a bitmap
+FILTER_MAX_SAME = 64  # join searches drop up to this many same-component hits, else search through a bitmap
 
 
 def peak_rss_bytes() -> int:
@@ -157,6 +157,7 @@ class ShardStats:
     node: str
     seconds: dict[str, float]
     peak_rss_bytes: int
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. rows searched for component joins
 
     def rate(self, stage: str) -> float:
         """Points per second this shard processed in `stage` (its own rows)."""
@@ -221,6 +222,7 @@ class BlockShard:
         self.shard = shard
         self.rows = np.ascontiguousarray(reader(), dtype=np.float32)
         self.seconds = {"read": time.perf_counter() - started}
+        self.counts: dict[str, int] = {}
         self.index = self.join_index = None
 
     def size(self) -> int:
@@ -301,46 +303,104 @@ class BlockShard:
         """Its rows' component labels for this join round."""
         self.labels = np.asarray(labels, dtype=np.int64)
 
-    def join_queries(self, largest: int, upper: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    def sample(self, count: int, seed: int) -> np.ndarray:
+        """Some of its rows, for the driver to train the join cells' centroids on."""
+        rng = np.random.default_rng(seed + self.shard)
+        return self.rows[np.sort(rng.choice(self.size(), min(count, self.size()), replace=False))]
+
+    def set_cells(self, centroids: np.ndarray) -> None:
+        """Assign its rows to the join cells: cell id and float64 distance to the centroid."""
+        started = time.perf_counter()
+        self.centroids = np.asarray(centroids, dtype=np.float64)
+        self.cell = np.empty(self.size(), dtype=np.int64)
+        self.to_centroid = np.empty(self.size())
+        for lo in range(0, self.size(), 1 << 16):
+            to_cells = _distances_to(self.rows[lo:lo + (1 << 16)], self.centroids)
+            self.cell[lo:lo + (1 << 16)] = to_cells.argmin(axis=1)
+            self.to_centroid[lo:lo + (1 << 16)] = to_cells.min(axis=1)
+        self.seconds["joins"] = self.seconds.get("joins", 0.0) + time.perf_counter() - started
+
+    def cell_radii(self) -> tuple[np.ndarray, ...]:
+        """Per cell: the largest distance of its rows here to the centroid, that row's component,
+        and the largest over rows of any other component (-inf where none)."""
+        cells = self.centroids.shape[0]
+        top = np.full(cells, -np.inf)
+        np.maximum.at(top, self.cell, self.to_centroid)
+        at_top = self.to_centroid == top[self.cell]
+        top_label = np.full(cells, -1, dtype=np.int64)
+        top_label[self.cell[at_top]] = self.labels[at_top]
+        second = np.full(cells, -np.inf)
+        other = self.labels != top_label[self.cell]
+        np.maximum.at(second, self.cell[other], self.to_centroid[other])
+        return top, top_label, second
+
+    def join_queries(self, largest: int, upper: np.ndarray | None,
+                     radii: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """Its rows that may own their component's lightest outgoing edge: not in the largest
         component; with `upper` (an edge weight per component, or None for the seeding pass) only
-        rows whose lower bound does not exceed it, else the JOIN_SEEDS lowest-bound rows per component."""
+        rows whose lower bound does not exceed it, else the JOIN_SEEDS lowest-bound rows per component.
+
+        A row's lower bound is the larger of its kNN bound and its cell bound: any point o of
+        another component in cell j is at least |row - c_j| - r_j away, r_j the largest distance
+        to c_j of such points (`radii`: merged over shards by `merge_radii`)."""
         rows = np.flatnonzero(self.labels != largest)
         if upper is None:
-            order = np.lexsort((self.join_bound[rows], self.labels[rows]))
+            self.cell_bound = np.full(self.size(), np.inf)
+            top, top_label, second = radii
+            for lo in range(0, rows.size, 1 << 14):
+                chunk = rows[lo:lo + (1 << 14)]
+                own = self.labels[chunk]
+                radius = np.where(top_label[None, :] == own[:, None], second[None, :], top[None, :])
+                gap = _distances_to(self.rows[chunk], self.centroids) - radius
+                self.cell_bound[chunk] = np.where(np.isfinite(radius), gap, np.inf).min(axis=1)
+        bound = np.maximum(self.join_bound[rows], self.cell_bound[rows])
+        if upper is None:
+            order = np.lexsort((bound, self.labels[rows]))
             rows = rows[order]
             starts = np.flatnonzero(np.r_[True, self.labels[rows][1:] != self.labels[rows][:-1]])
             rank = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
             rows = np.sort(rows[rank < JOIN_SEEDS])
         else:
-            rows = rows[self.join_bound[rows] <= upper[self.labels[rows]]]
+            rows = rows[bound <= upper[self.labels[rows]]]
             rows = rows[~np.isin(rows, self.seeds)]
         if upper is None:
             self.seeds = rows
         self.pending = rows
-        return self.rows[rows], self.ids[rows], self.core_own[rows], self.labels[rows]
+        self.counts["join queries"] = self.counts.get("join queries", 0) + int(rows.size)
+        limit = np.full(rows.size, np.inf) if upper is None else upper[self.labels[rows]]
+        return self.rows[rows], self.ids[rows], self.core_own[rows], self.labels[rows], limit
 
     def nearest_outside(self, queries: tuple[np.ndarray, ...], k: int) -> tuple[np.ndarray, ...]:
         """For each query (rows, ids, cores, labels), its lightest mutual-reachability edge to a point
         of this shard in another component: (w, lo, hi), lo = -1 where none. Exact: searches widen
         while the k-th distance could still tie or beat the best edge found."""
         started = time.perf_counter()
-        rows, ids, core, labels = queries
+        rows, ids, core, labels, limit = queries
         out_w = np.full(ids.size, np.inf)
         out_lo = np.full(ids.size, -1, dtype=np.int64)
         out_hi = np.full(ids.size, -1, dtype=np.int64)
         index = self._join_index()
+        top, top_label, second = self.cell_radii()
         for label in np.unique(labels):
             q = np.flatnonzero(labels == label)
             same = self.labels == label
-            outside = int(same.size - same.sum())
+            upper = float(limit[q].max())
+            if np.isfinite(upper):
+                # only cells whose points could still tie or beat the component's best edge
+                radius = np.where(top_label == label, second, top)
+                gap = _distances_to(rows[q], self.centroids) - radius[None, :]
+                reach = np.isfinite(radius) & (gap <= upper).any(axis=0)
+                allowed = ~same & reach[self.cell]
+            else:
+                allowed = ~same
+            outside = int(allowed.sum())
             if outside == 0:
                 continue
             same_count = int(same.sum())
-            if same_count <= FILTER_MAX_SAME:
+            if same_count <= FILTER_MAX_SAME and not np.isfinite(upper):
                 found = self._outside_by_filter(index, rows[q], ids[q], core[q], same, k + same_count, outside)
             else:
-                found = self._outside_by_bitmap(index, rows[q], ids[q], core[q], ~same, k, outside)
+                found = self._outside_by_bitmap(index, rows[q], ids[q], core[q], allowed, k, outside)
             out_w[q], out_lo[q], out_hi[q] = found
         self.seconds["joins"] = self.seconds.get("joins", 0.0) + time.perf_counter() - started
         return out_w, out_lo, out_hi
@@ -433,7 +493,27 @@ class BlockShard:
         import ray
 
         return ShardStats(self.shard, self.size(), ray.get_runtime_context().get_node_id()[:12],
-                          {k: round(v, 3) for k, v in self.seconds.items()}, peak_rss_bytes())
+                          {k: round(v, 3) for k, v in self.seconds.items()}, peak_rss_bytes(), dict(self.counts))
+
+
+def _distances_to(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distances (float64) from rows to every centroid."""
+    points = rows.astype(np.float64)
+    return np.sqrt(np.maximum((points ** 2).sum(1)[:, None] + (centroids ** 2).sum(1)[None, :]
+                              - 2 * points @ centroids.T, 0))
+
+
+def merge_radii(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Merge the shards' `cell_radii`: per cell the largest radius, its component, and the largest
+    radius of any other component (a shard whose top is that component gives its own second)."""
+    tops = np.stack([p[0] for p in parts])
+    labels = np.stack([p[1] for p in parts])
+    seconds = np.stack([p[2] for p in parts])
+    winner = tops.argmax(axis=0)
+    cells = np.arange(tops.shape[1])
+    top, top_label = tops[winner, cells], labels[winner, cells]
+    others = np.where(labels == top_label[None, :], seconds, tops)
+    return top, top_label, others.max(axis=0)
 
 
 def shard_placement(num_shards: int, device: str = "auto") -> tuple[str, dict]:
@@ -520,7 +600,7 @@ def _fit_blocks(ray, readers: list[Reader], params: HDBSCANParams, batch: int,
         seconds["forest"] = log_step(log, "spanning forest", started, edges=a.size, components=n - a.size)
 
         started = time.perf_counter()
-        a, b, w = _join_components(ray, shards, bounds, core, a, b, w, k, report.joins)
+        a, b, w = _join_components(ray, shards, bounds, core, a, b, w, k, report.joins, params.seed)
         seconds["joins"] = time.perf_counter() - started
         if report.joins.components > 1:
             log_step(log, "component joins", started, components=report.joins.components,
@@ -568,8 +648,22 @@ def _fan_out_knn(ray, shards: list, sizes: np.ndarray, k: int, batch: int) -> No
         ray.get(refs)
 
 
+def _place_cells(ray, shards: list, n: int, seed: int) -> None:
+    """k-means cells for the join bounds (as mst.CoarseCells), trained on the driver from a small
+    sample the shards send (256 rows per cell at most, all shards together)."""
+    import faiss
+
+    cells = int(min(256, max(1, n // 64)))
+    per_shard = -(-256 * cells // len(shards))
+    sample = np.concatenate(ray.get([s.sample.remote(per_shard, seed) for s in shards]))
+    kmeans = faiss.Kmeans(sample.shape[1], cells, niter=10, seed=seed, verbose=False)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    centroids = ray.put(kmeans.centroids.astype(np.float64))
+    ray.get([s.set_cells.remote(centroids) for s in shards])
+
+
 def _join_components(ray, shards: list, bounds: np.ndarray, core: np.ndarray, a: np.ndarray, b: np.ndarray,
-                     w: np.ndarray, k: int, report: JoinReport) -> tuple[np.ndarray, ...]:
+                     w: np.ndarray, k: int, report: JoinReport, seed: int = 0) -> tuple[np.ndarray, ...]:
     """Borůvka rounds as in mst.connect_components, with every search on the shards: each round,
     every component but the largest gets its exact lightest mutual-reachability edge to any other
     point. A seeding pass (a few rows per component) gives an upper bound per component that
@@ -577,16 +671,19 @@ def _join_components(ray, shards: list, bounds: np.ndarray, core: np.ndarray, a:
     n = core.size
     labels = component_labels(n, a, b)
     report.components = int(labels.max()) + 1
+    if labels.max() > 0:
+        _place_cells(ray, shards, n, seed)
     while labels.max() > 0:
         report.rounds += 1
         sizes = np.bincount(labels)
         largest = int(np.argmax(sizes))
         ray.get([s.set_labels.remote(labels[lo:hi]) for s, lo, hi in zip(shards, bounds, bounds[1:])])
+        radii = ray.put(merge_radii(ray.get([s.cell_radii.remote() for s in shards])))
         comps = sizes.size
         best = (np.full(comps, np.inf), np.full(comps, -1, np.int64), np.full(comps, -1, np.int64))
         for upper in (None, best[0]):
             upper_ref = None if upper is None else ray.put(upper)
-            queries = [s.join_queries.remote(largest, upper_ref) for s in shards]
+            queries = [s.join_queries.remote(largest, upper_ref, radii) for s in shards]
             answers = [[s.nearest_outside.remote(queries[i], k) for s in shards] for i in range(len(shards))]
             found = ray.get([shards[i].lightest_out.remote(*answers[i]) for i in range(len(shards))])
             for comp, cw, clo, chi in found:
