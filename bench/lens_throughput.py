@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 32 (realistic), 128 (tiny)")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--lake", default=None)
+    parser.add_argument("--modes", nargs="+", choices=["activation", "default"], default=["activation", "default"],
+                        help="lakelens runs (realistic): the package's mode, our default mode (CRP crops)")
     args = parser.parse_args()
     if args.config == "realistic":
         realistic(args)
@@ -124,6 +126,7 @@ def tiny(args: argparse.Namespace) -> None:
 
 
 def realistic(args: argparse.Namespace) -> None:
+    tv = import_torchvision()  # before open_clip, which imports torchvision
     import open_clip
     import pyarrow as pa
     from PIL import Image
@@ -134,7 +137,6 @@ def realistic(args: argparse.Namespace) -> None:
     n, batch, k = args.images or 5000, args.batch or 32, args.top_k
     root = Path(args.lake) if args.lake else Path(tempfile.mkdtemp(prefix="lakelens-lens-224-"))
     lake = Lake(root)
-    tv = import_torchvision()
     print(f"# lens_throughput --config realistic | {machine()} | {stamp()} | {n:,} images at 224 px, k = {k}, "
           f"batch {batch}, torch threads {torch.get_num_threads()}")
     began = time.perf_counter()
@@ -154,10 +156,11 @@ def realistic(args: argparse.Namespace) -> None:
             "layers": ["layer3", "layer4"], "image_size": 224, "foundation": "ViT-B-32",
             "foundation_weights": str(clip_weights), "vocabulary": VOCABULARY, "top_k": k, "batch_size": batch}
     runs = {}
-    for label, overrides in (("package's mode: activations only, whole images",
-                              {"model_id": "rn50-activation", "examples_mode": "activation", "crop_examples": False,
-                               "relevance": False}),
-                             ("default mode: relevance, CRP crops", {"model_id": "rn50-relevance"})):
+    modes = {"activation": ("package's mode: activations only, whole images",
+                            {"model_id": "rn50-activation", "examples_mode": "activation", "crop_examples": False,
+                             "relevance": False}),
+             "default": ("default mode: relevance, CRP crops", {"model_id": "rn50-relevance"})}
+    for label, overrides in (modes[m] for m in args.modes):
         config = LakelensConfig(ray=RayConfig(show_progress=False), lens=LensConfig(**{**base, **overrides}))
         with PeakRSS() as rss:
             began = time.perf_counter()
@@ -209,7 +212,7 @@ def realistic(args: argparse.Namespace) -> None:
     con = open_catalog(lake)
     ids = [r for p in lake.list_files("images", ".parquet") for r in lake.read_table(p.path, ["sample_id"])
            .column("sample_id").to_pylist()]
-    for layer in base["layers"]:
+    for layer in base["layers"] if "activation" in args.modes else []:
         ours = {}
         for unit, sample in con.execute("""SELECT unit, sample_id FROM component_examples WHERE model_id = 'rn50-activation'
                 AND layer = ? AND mode = 'activation' ORDER BY unit, rank""", [layer]).fetchall():

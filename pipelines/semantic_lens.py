@@ -95,7 +95,10 @@ def _compute(run: Run, cfg: LensConfig, gpu_wait_s: int = 0) -> None:
     # CPU actors are few and multi-threaded (intra-op parallelism beats one single-threaded model per core)
     actors = cfg.actors or gpus or max(1, cpus // 8)
     threads = cfg.threads or max(1, cpus // actors)
-    compute = {"compute": ActorPoolStrategy(size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 1}
+    # max_restarts=0: an actor that dies fails the attempt instead of restarting from constructor arguments
+    # in the object store (Ray logs an error for that pairing); a new attempt resumes from stage 1's checkpoints
+    compute = {"compute": ActorPoolStrategy(size=actors), "num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else 1,
+               "max_restarts": 0}
     use_gpu = gpus > 0
     common = {"lake": lake, "cfg": cfg, "use_gpu": use_gpu, "threads": threads}
     class_names = cfg.class_names or [str(c) for c in range(cfg.num_classes)]

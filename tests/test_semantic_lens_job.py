@@ -264,18 +264,27 @@ def test_a_killed_run_resumes_from_its_block_checkpoints_with_the_uninterrupted_
     assert manifest["quarantine"]["images"]["rows"] == 1
     assert manifest["metrics"]["components"]["images"] == 1600
     assert not list(checkpoints.glob("*/_checkpoints/components/*.pkl"))  # removed once the run is written
+    # the same work uninterrupted (another model id, so another run, with the same blocks)
+    run_semantic_lens(lake, "images-resume", _config(model_id="uninterrupted", checkpoint_rows=401))
     con = open_catalog(lake)
     for table, order in (("component_examples", "layer, unit, mode, rank"), ("components", "layer, unit"),
-                         ("audits", "class_name, kind")):
+                         ("audits", "class_name, kind"), ("spurious_samples", "class_name, rank")):
         ours, reference = (con.execute(f"SELECT * EXCLUDE (model_id) FROM {table} WHERE model_id = ? ORDER BY {order}",
-                                       [m]).to_arrow_table().to_pylist() for m in ("resumed", MODEL))
+                                       [m]).to_arrow_table().to_pylist() for m in ("resumed", "uninterrupted"))
         assert len(ours) == len(reference) > 0
-        for a, b in zip(ours, reference):
-            for key in a:
-                if isinstance(a[key], float):
-                    assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (table, key)
-                elif key != "embedding":
-                    assert a[key] == b[key], (table, key)
+        # stage 1 is bit-identical; stage 2's embeddings may differ in the last bits with Ray's batching
+        assert all(_same(a, b) for a, b in zip(ours, reference)), table
+
+
+def _same(a, b) -> bool:
+    """Rows equal, floats (also inside lists and structs) to 1e-6."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    return a == b
 
 
 def test_an_auditor_runs_the_lens_from_python_on_an_in_memory_model_and_a_folder_of_images(lens_lake, tmp_path):

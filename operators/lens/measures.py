@@ -78,17 +78,17 @@ def two_means(points: np.ndarray, n_init: int = 10, seed: int = POLYSEMANTICITY_
     best_centres = np.zeros((batch, 2, x.shape[2]))
     best_labels = np.zeros((batch, n), dtype=np.int64)
 
-    def distances(centres: np.ndarray) -> np.ndarray:  # (batch, n, 2) squared
-        return np.maximum(sq[:, :, None] - 2 * np.einsum("bnd,bkd->bnk", x, centres) + (centres**2).sum(-1)[:, None, :], 0)
+    def distances(centres: np.ndarray) -> np.ndarray:  # (batch, n, 2) squared; batched matmuls run on BLAS
+        return np.maximum(sq[:, :, None] - 2 * (x @ centres.transpose(0, 2, 1)) + (centres**2).sum(-1)[:, None, :], 0)
 
     for _ in range(n_init):
         first = int(rng.choice(n, p=np.full(n, 1.0 / n)))
         draws = rng.uniform(size=2)
-        closest = np.maximum(sq - 2 * np.einsum("bnd,bd->bn", x, x[:, first]) + sq[:, first][:, None], 0)
+        closest = np.maximum(sq - 2 * (x @ x[:, first][:, :, None])[..., 0] + sq[:, first][:, None], 0)
         potential = closest.sum(1)
         candidates = np.stack([np.minimum(np.searchsorted(c, draws * p), n - 1)
                                for c, p in zip(np.cumsum(closest, axis=1), potential)])  # (batch, 2)
-        to_candidate = sq[:, None, :] - 2 * np.einsum("bcd,bnd->bcn", x[rows[:, None], candidates], x) \
+        to_candidate = sq[:, None, :] - 2 * (x[rows[:, None], candidates] @ x.transpose(0, 2, 1)) \
             + sq[rows[:, None], candidates][:, :, None]
         pots = np.minimum(closest[:, None, :], np.maximum(to_candidate, 0)).sum(-1)
         second = candidates[rows, pots.argmin(1)]
@@ -99,7 +99,7 @@ def two_means(points: np.ndarray, n_init: int = 10, seed: int = POLYSEMANTICITY_
             new = distances(centres).argmin(-1)
             member = np.stack([new == 0, new == 1], axis=-1).astype(np.float64)
             counts = member.sum(1)
-            moved = np.where(counts[..., None] > 0, np.einsum("bnk,bnd->bkd", member, x) / np.maximum(counts, 1)[..., None],
+            moved = np.where(counts[..., None] > 0, (member.transpose(0, 2, 1) @ x) / np.maximum(counts, 1)[..., None],
                              centres)
             shift = ((moved - centres) ** 2).sum((1, 2))
             strict = (new == labels).all(1)
