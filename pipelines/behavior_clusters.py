@@ -45,7 +45,10 @@ from lakelens.operators.encoder.checkpoint import LoadedEncoder
 from lakelens.operators.features import (
     REGULARITY_COLUMNS, ExpertFeatureEncoder, ExpertFeatureSpec, hybrid_features, timing_block, unseen_signature,
 )
+from lakelens.infra.feature_blocks import write_feature_blocks
 from lakelens.operators.hdbscan import PHDBSCAN
+from lakelens.operators.hdbscan.sharded import cluster_node_memory, fit_sharded_blocks
+from lakelens.operators.memory_plan import GiB, MemoryCap, MemoryPlanError, plan_fit, single_node_peak
 from lakelens.operators.lineage import GONE, LineageParams, centroids, match_clusters, member_overlap
 from lakelens.operators.risk import RiskThresholds, cluster_risk
 from lakelens.operators.rules import RuleSearch, candidate_predicates, induce_rules
@@ -84,6 +87,9 @@ def choose_mode(day: date, cfg: ClusterConfig, fingerprint: str, previous: Previ
         return FULL, "no earlier published run"
     if previous.state is None:
         return FULL, f"earlier run {previous.manifest['run_id']} left no clustering state"
+    if previous.state.get("chain") == []:
+        return FULL, (f"earlier run {previous.manifest['run_id']} was sharded: its model stayed with the shards, "
+                      "so new transactions cannot be predicted into its clusters")
     if previous.state["fingerprint"] != fingerprint:
         return FULL, "the encoder, expert features or clustering settings changed since the last run"
     base_day = date.fromisoformat(previous.state["base_day"])
@@ -143,6 +149,17 @@ def plan_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, full: 
 def run_behavior_clusters(lake: Lake, day: date, config: LakelensConfig, force: bool = False,
                           full: bool = False) -> dict[str, Any]:
     return run_job(lake, plan_behavior_clusters(lake, day, config, full), config, force)
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """Per point of the window: its cluster (-1 noise), membership probability and GLOSH score; per cluster
+    its persistence."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    outlier_scores: np.ndarray
+    persistence: np.ndarray
 
 
 @dataclass
@@ -239,11 +256,52 @@ class ClusteringRun:
         return PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
                         cluster_selection_method=selection or cfg.cluster_selection_method, max_cluster_size=max_size)
 
+    def _shards(self, window_size: int) -> int:
+        """`clusters.shards`, or one shard per `shard_above` points of the window."""
+        return self.cfg.shards or -(-window_size // self.cfg.shard_above)
+
+    def _fit(self, features: np.ndarray) -> tuple[PHDBSCAN | None, FitOutcome]:
+        """pHDBSCAN over the window: on the driver, or over Ray shard actors that read their rows from the
+        run's staging area (the model then stays with the shards: no chain for incremental runs)."""
+        cfg, run = self.cfg, self.run
+        n, dim = features.shape
+        model = self._new_model(n)
+        shards = self._shards(n)
+        cap = int(cfg.driver_memory_gb * GiB) or None
+        k = max((model.min_samples or model.min_cluster_size) + 1, model.knn_k or 16)
+        if shards <= 1:
+            if cap is not None and single_node_peak(n, dim, k) > cap:
+                raise InputError(f"a single-node fit of {n:,} points x {dim} dims needs about "
+                                 f"{single_node_peak(n, dim, k) / GiB:.2f} GiB, over clusters.driver_memory_gb = "
+                                 f"{cfg.driver_memory_gb}: set clusters.shards (or a lower clusters.shard_above), "
+                                 "raise the cap, or shorten the window")
+            with MemoryCap(cap, what="the behaviour-clusters driver"):
+                model.fit(features)
+            return model, FitOutcome(model.labels_, model.probabilities_, model.outlier_scores_,
+                                     model.cluster_persistence_)
+        if cap is not None:
+            try:  # before anything runs: fail fast with what to change
+                plan = plan_fit(n, dim, k, cap, cluster_node_memory(), shards=shards)
+            except MemoryPlanError as exc:
+                raise InputError(str(exc)) from None
+            run.metrics["memory_plan"] = {"driver_peak_gib": round(plan.driver_peak / GiB, 3),
+                                          "shard_peak_gib": round(plan.shard_peak / GiB, 3)}
+        folder = f"{run.prefix}/staging/features"
+        readers = write_feature_blocks(run.lake, folder, features, blocks=shards)
+        result, report = fit_sharded_blocks(readers, model.params, driver_cap_bytes=cap)
+        run.lake.delete_dir(folder)
+        run.metrics["sharded"] = {"shards": shards, "device": report.device, "method": report.method,
+                                  "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
+                                  "driver_peak_rss_gib": round(report.driver_peak_rss_bytes / GiB, 3),
+                                  "shard_peak_rss_gib": [round(s.peak_rss_bytes / GiB, 3) for s in report.shard_stats]}
+        return None, FitOutcome(result.labels, result.probabilities, result.outlier_scores,
+                                result.cluster_persistence)
+
     def _cluster_full(self, ids: pa.ChunkedArray, features: np.ndarray) -> tuple[Assignment, list[dict[str, Any]]]:
         """pHDBSCAN over the whole window; clusters that continue the previous run's keep their keys."""
         cfg, run = self.cfg, self.run
-        model = self._new_model(features.shape[0]).fit(features)
-        labels = model.labels_
+        model, fit = self._fit(features)
+        labels = fit.labels
         keys = cluster_keys(ids, labels, run.partition)
         if self.previous is not None:
             before = self.previous.table(run.lake, "txn_clusters", ["transaction_id", "cluster_key"])
@@ -252,11 +310,11 @@ class ClusteringRun:
                                        LineageParams(cfg.lineage_min_overlap, cfg.lineage_max_centroid_distance,
                                                      cfg.lineage_size_tolerance)))
         run.metrics["assignment"] = {"reclustered": int(features.shape[0]), "clusters": len(keys)}
-        link = self.states.save_model(run, "model-base", model, keys)
-        assignment = Assignment(np.array([keys.get(int(c)) for c in labels], dtype=object), model.probabilities_,
-                                model.outlier_scores_,
-                                {k: float(model.cluster_persistence_[c]) for c, k in keys.items()})
-        return assignment, [link]
+        assignment = Assignment(np.array([keys.get(int(c)) for c in labels], dtype=object), fit.probabilities,
+                                fit.outlier_scores, {k: float(fit.persistence[c]) for c, k in keys.items()})
+        if model is None:  # sharded: no model on the driver to predict with, so no chain to continue
+            return assignment, []
+        return assignment, [self.states.save_model(run, "model-base", model, keys)]
 
     def _cluster_incremental(self, ids: pa.ChunkedArray,
                              features: np.ndarray) -> tuple[Assignment, list[dict[str, Any]]]:

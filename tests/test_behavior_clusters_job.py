@@ -287,3 +287,30 @@ def test_rule_search_on_a_large_table_samples_non_members_and_still_finds_the_ru
     exact = fit.rule.predicates[0].mask(table) & fit.rule.predicates[1].mask(table)
     assert fit.support == pytest.approx(exact.sum(), rel=0.1)  # reweighted sample counts estimate the truth
     assert fit.precision == pytest.approx((exact & member).sum() / exact.sum(), abs=0.05)
+
+
+# -- scale-out: the same job over Ray shard actors --
+
+def test_a_sharded_fit_over_ray_actors_publishes_the_same_clusters_as_the_single_node_fit(clustered):
+    lake, single = clustered
+    sharded = run_behavior_clusters(lake, DAY, _config(shards=2), force=True, full=True)
+    assert sharded["run_id"] == single["run_id"]  # where the fit runs is not part of what it computes
+    assert sharded["metrics"]["sharded"]["shards"] == 2
+    from lakelens.infra.runs import manifest_prefix
+
+    assert not lake.list_files(f"{manifest_prefix(sharded)}/staging")  # the feature blocks are cleaned up
+
+    def members(manifest):
+        return _table(lake, manifest, "txn_clusters").select(["transaction_id", "cluster_key"]).sort_by("transaction_id")
+
+    assert members(sharded).equals(members(single))
+    flagged = lambda m: sorted(r["cluster_key"] for r in _table(lake, m, "clusters").to_pylist() if r["flagged"])  # noqa: E731
+    assert flagged(sharded) == flagged(single)
+
+
+def test_a_driver_memory_cap_too_small_for_the_window_fails_before_clustering_and_names_the_setting(clustered):
+    from lakelens.infra.errors import InputError
+
+    lake, _ = clustered
+    with pytest.raises(InputError, match="clusters.driver_memory_gb"):
+        run_behavior_clusters(lake, DAY, _config(driver_memory_gb=0.05), force=True, full=True)
