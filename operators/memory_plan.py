@@ -27,9 +27,17 @@ from dataclasses import dataclass
 GiB = 1 << 30
 # python + numpy + faiss + numba + ray client, measured on the `vm` bench machine
 PROCESS_BASE_BYTES = 600 * (1 << 20)
-# a shard's kNN lists name foreign points; its forest spans its rows plus those (measured: the
-# forests the shards send total about 1.2 n edges at 2 shards; 1.5 leaves room for more shards)
-FOREST_SPREAD = 1.5
+# a shard's kNN lists name foreign points, and its forest spans its rows plus those: at most
+# rows x (1 + k (S - 1) / S) vertices and n; measured 2.7 x rows at 3 shards, k = 20 (blobs of 3,200
+# points split by row order), so 3 is the default spread
+FOREST_SPREAD = 3.0
+
+
+def forest_vertices(n: int, k: int, shards: int) -> int:
+    """Vertices a shard's forest may span: its rows and their distinct foreign neighbours."""
+    rows = math.ceil(n / shards)
+    bound = rows * (1 + k * (shards - 1) / shards)
+    return int(min(n, rows * FOREST_SPREAD, bound))
 # single linkage, condensed tree, ClusterTree, selection, labels/probabilities/GLOSH: float64 and
 # int64 arrays over n points and n - 1 merges (about 20 such arrays live at the tree stage's peak)
 TREE_BYTES_PER_POINT = 160
@@ -70,7 +78,7 @@ class MemoryPlan:
 
 
 def shard_stages(n: int, dim: int, k: int, shards: int, feature_bytes: int = 4, ivf: bool = True,
-                 batch: int = 65_536) -> list[StageMemory]:
+                 batch: int = 65_536, process_base: int = PROCESS_BASE_BYTES) -> list[StageMemory]:
     """Each shard's stages, cumulative (what is alive at the stage's peak), for n / shards rows."""
     rows = math.ceil(n / shards)
     features = rows * dim * feature_bytes
@@ -79,8 +87,9 @@ def shard_stages(n: int, dim: int, k: int, shards: int, feature_bytes: int = 4, 
     # a merge holds every shard's top-k for one batch twice (concatenated and ordered)
     merging = 2 * batch * k * 16 * shards
     # compacted ids (unique over rows * k), local ids, and Borůvka's six arrays over rows * spread
-    forest = rows * k * 8 * 3 + int(rows * FOREST_SPREAD) * 8 * 6 + int(rows * FOREST_SPREAD) * 24
-    base = PROCESS_BASE_BYTES + features + index
+    vertices = forest_vertices(n, k, shards)
+    forest = rows * k * 8 * 3 + vertices * 8 * 6 + vertices * 24
+    base = process_base + features + index
     return [
         StageMemory("read + index", "shard", base),
         StageMemory("knn (fan-out, merge)", "shard", base + knn_lists + merging),
@@ -89,30 +98,32 @@ def shard_stages(n: int, dim: int, k: int, shards: int, feature_bytes: int = 4, 
     ]
 
 
-def driver_stages(n: int, shards: int) -> list[StageMemory]:
+def driver_stages(n: int, shards: int, process_base: int = PROCESS_BASE_BYTES) -> list[StageMemory]:
     """The sharded fit's driver: core distances, the shards' forests and Kruskal, joins, the tree."""
     core = n * 8
-    edges = int(n * FOREST_SPREAD)
-    # forests (a, b, w: 24 B/edge), concatenated once more, plus Kruskal's order/key/min/max and sorted copies
+    # the running forest (n - 1 edges) plus one shard's forest, folded in by Kruskal: (a, b, w: 24 B
+    # an edge) concatenated, sorted copies, and the order/key/min/max temporaries
+    edges = n + forest_vertices(n, 16, shards)
     kruskal = edges * 24 * 2 + edges * 8 * 4 + n * 8
     forest = n * 24
     joins = n * 8 * 3  # labels, union-find parents and roots
     tree = n * TREE_BYTES_PER_POINT
     return [
-        StageMemory("core distances", "driver", PROCESS_BASE_BYTES + core),
-        StageMemory("forest union + Kruskal", "driver", PROCESS_BASE_BYTES + core + kruskal),
-        StageMemory("component joins", "driver", PROCESS_BASE_BYTES + core + forest + joins + n * 8 * 3),
-        StageMemory("single linkage + tree", "driver", PROCESS_BASE_BYTES + core + forest + tree),
+        StageMemory("core distances", "driver", process_base + core),
+        StageMemory("forest union + Kruskal", "driver", process_base + core + kruskal),
+        StageMemory("component joins", "driver", process_base + core + forest + joins + n * 8 * 3),
+        StageMemory("single linkage + tree", "driver", process_base + core + forest + tree),
     ]
 
 
-def single_node_stages(n: int, dim: int, k: int, feature_bytes: int = 4) -> list[StageMemory]:
+def single_node_stages(n: int, dim: int, k: int, feature_bytes: int = 4,
+                       process_base: int = PROCESS_BASE_BYTES) -> list[StageMemory]:
     """The single-node fit in one process: the rows, the index and the whole kNN graph, then the tree."""
     features = n * dim * feature_bytes
     index = n * dim * 4 + n * 8
     graph = n * k * 16
     forest = n * 8 * 6 + n * 24
-    base = PROCESS_BASE_BYTES + features
+    base = process_base + features
     return [
         StageMemory("features", "driver", base),
         StageMemory("knn graph", "driver", base + index + graph),
@@ -121,27 +132,31 @@ def single_node_stages(n: int, dim: int, k: int, feature_bytes: int = 4) -> list
     ]
 
 
-def single_node_peak(n: int, dim: int, k: int, feature_bytes: int = 4) -> int:
-    return max(s.bytes for s in single_node_stages(n, dim, k, feature_bytes))
+def single_node_peak(n: int, dim: int, k: int, feature_bytes: int = 4, process_base: int = PROCESS_BASE_BYTES) -> int:
+    return max(s.bytes for s in single_node_stages(n, dim, k, feature_bytes, process_base))
 
 
 def plan_fit(n: int, dim: int, k: int, driver_cap_bytes: int, node_memory_bytes: list[int] | tuple[int, ...],
              shards: int | None = None, feature_bytes: int = 4, ivf: bool = True,
-             max_shards_per_node: int | None = None) -> MemoryPlan:
+             max_shards_per_node: int | None = None, process_base: int = PROCESS_BASE_BYTES,
+             driver_base: int | None = None) -> MemoryPlan:
     """The memory plan of a sharded fit, or MemoryPlanError saying what to change.
 
     `node_memory_bytes`: the memory of each node that can hold shards (Ray's `memory` resource).
     Without `shards`, the least count whose per-shard peak fits the nodes, placing shards on nodes
-    by their memory (a node holds floor(memory / shard peak) shards)."""
+    by their memory (a node holds floor(memory / shard peak) shards). `process_base` is a shard
+    process's footprint before any data, `driver_base` the driver's (default: the same), e.g. as
+    measured by the caller at start."""
     if n < 2 or dim < 1 or k < 2:
         raise ValueError(f"a plan needs n >= 2, dim >= 1, k >= 2; got n={n}, dim={dim}, k={k}")
     nodes = sorted((int(m) for m in node_memory_bytes if m > 0), reverse=True)
-    driver = driver_stages(n, shards or 1)
+    driver_base = process_base if driver_base is None else driver_base
+    driver = driver_stages(n, shards or 1, driver_base)
     driver_peak = max(s.bytes for s in driver)
     if driver_peak > driver_cap_bytes:
         # the driver's stages grow with n only (not with shards): fewer points or a bigger driver
-        per_point = (driver_peak - PROCESS_BASE_BYTES) / n
-        fits = max(0, int((driver_cap_bytes - PROCESS_BASE_BYTES) / per_point))
+        per_point = (driver_peak - driver_base) / n
+        fits = max(0, int((driver_cap_bytes - driver_base) / per_point))
         raise MemoryPlanError(
             f"the driver needs {driver_peak / GiB:.2f} GiB for {n:,} points (its largest stage, "
             f"{max(driver, key=lambda s: s.bytes).stage}, holds ~{per_point:.0f} B per point), over its cap of "
@@ -160,14 +175,14 @@ def plan_fit(n: int, dim: int, k: int, driver_cap_bytes: int, node_memory_bytes:
 
     candidates = [shards] if shards else range(1, 1 << 16)
     for count in candidates:
-        stages = shard_stages(n, dim, k, count, feature_bytes, ivf)
+        stages = shard_stages(n, dim, k, count, feature_bytes, ivf, process_base=process_base)
         peak = max(s.bytes for s in stages)
         if peak <= nodes[0] and capacity(peak) >= count:
             return MemoryPlan(n, dim, k, count, tuple(driver + stages), driver_cap_bytes, tuple(nodes))
         if shards is None and math.ceil(n / count) <= 1:
             break
     count = shards or 0
-    need = shard_stages(n, dim, k, max(count, 1), feature_bytes, ivf)
+    need = shard_stages(n, dim, k, max(count, 1), feature_bytes, ivf, process_base=process_base)
     peak = max(s.bytes for s in need)
     if shards:
         raise MemoryPlanError(

@@ -31,11 +31,11 @@ def test_every_stage_grows_with_the_window_and_a_shard_shrinks_with_more_shards(
     assert _peak(shard_stages(100_000_000, 64, 16, 10)) - PROCESS_BASE_BYTES >= 10_000_000 * 768
 
 
-def test_the_sharded_driver_holds_no_rows_no_graph_and_is_independent_of_the_shard_count():
+def test_the_sharded_driver_holds_no_rows_no_graph_and_no_more_with_more_shards():
     n = 10_000_000
     per_point = (_peak(driver_stages(n, 4)) - PROCESS_BASE_BYTES) / n
     assert per_point < 64 * 4 + 16 * 16  # less than one row plus its kNN list per point
-    assert driver_stages(n, 4) == driver_stages(n, 64)
+    assert _peak(driver_stages(n, 64)) <= _peak(driver_stages(n, 4))
     assert single_node_peak(n, 64, 16) > 2 * _peak(driver_stages(n, 4))
 
 

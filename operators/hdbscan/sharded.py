@@ -179,6 +179,7 @@ class ShardedReport:
     driver_cap_bytes: int | None = None
     shard_stats: list[ShardStats] = field(default_factory=list)
     forest_edges: int = 0  # edges the shards' forests sent to the driver, all together
+    largest_forest: int = 0  # edges of the largest one (the driver holds one at a time)
     joins: JoinReport = field(default_factory=JoinReport)
 
 
@@ -593,10 +594,18 @@ def _fit_blocks(ray, readers: list[Reader], params: HDBSCANParams, batch: int,
             requests = [[r] for r in requests]
         # every lookup is queued before any forest, so no actor's forest waits behind another's
         answers = [[shards[j].cores_of.remote(requests[i][j]) for j in range(S)] for i in range(S)]
-        forests = ray.get([shards[i].forest.remote(*answers[i]) for i in range(S)])
-        report.forest_edges = int(sum(f[0].size for f in forests))
-        a, b, w = minimum_spanning_forest(n, *(np.concatenate(parts) for parts in zip(*forests)))
-        del forests
+        pending = [shards[i].forest.remote(*answers[i]) for i in range(S)]
+        # one forest at a time, folded into the running one: the driver holds at most n - 1 edges plus
+        # one shard's forest (which spans its rows and their foreign neighbours), whatever S is
+        a, b, w = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            fa, fb, fw = ray.get(ready[0])
+            report.forest_edges += int(fa.size)
+            report.largest_forest = max(report.largest_forest, int(fa.size))
+            a, b, w = minimum_spanning_forest(n, np.concatenate([a, fa]), np.concatenate([b, fb]),
+                                              np.concatenate([w, fw]))
+            del fa, fb, fw
         seconds["forest"] = log_step(log, "spanning forest", started, edges=a.size, components=n - a.size)
 
         started = time.perf_counter()
