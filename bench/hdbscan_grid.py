@@ -109,14 +109,19 @@ def worker(method: str, data_path: str, out_prefix: str, min_samples: int, mcs: 
     if method == "phdbscan":
         from lakelens.operators.hdbscan import PHDBSCAN
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         model = PHDBSCAN(min_cluster_size=mcs, min_samples=min_samples).fit(X)
         stats["fit_fresh"] = time.perf_counter() - began
+        stats["cpu_fresh"] = time.process_time()  # imports and the first fit, all threads
         stats["fresh"] = time.time() - launched  # launch, imports, numba cache loads and the fit
         stats["peak_rss_fresh_gib"] = _peak_gib()
-        began = time.perf_counter()
-        model = PHDBSCAN(min_cluster_size=mcs, min_samples=min_samples).fit(X)
-        stats["seconds"] = time.perf_counter() - began
+        stats["seconds"] = stats["fit_fresh"]
+        if os.environ.get("HDBSCAN_GRID_WARM", "1") == "1":
+            began, cpu = time.perf_counter(), time.process_time()
+            model = PHDBSCAN(min_cluster_size=mcs, min_samples=min_samples).fit(X)
+            stats["seconds"] = time.perf_counter() - began
+        stats["cpu"] = time.process_time() - cpu
+        stats["warm_run"] = os.environ.get("HDBSCAN_GRID_WARM", "1") == "1"
         stats["stages"] = {k: round(v, 3) for k, v in model.result_.timings.items()}
         r = model.knn_report_
         stats["knn"] = {"method": r.method, "probe": r.probe, "cells": r.cells, "recall_k": r.recall_k,
@@ -127,9 +132,9 @@ def worker(method: str, data_path: str, out_prefix: str, min_samples: int, mcs: 
     elif method == "hdbscan":
         import hdbscan
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         model = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples, core_dist_n_jobs=-1).fit(X)
-        stats["seconds"] = time.perf_counter() - began
+        stats["seconds"], stats["cpu"] = time.perf_counter() - began, time.process_time() - cpu
         labels, scores = model.labels_, model.outlier_scores_
     elif method == "fast_hdbscan":
         import fast_hdbscan
@@ -137,17 +142,17 @@ def worker(method: str, data_path: str, out_prefix: str, min_samples: int, mcs: 
         began = time.perf_counter()
         fast_hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples).fit(X[:2000])
         stats["compile"] = time.perf_counter() - began
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         model = fast_hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples).fit(X)
-        stats["seconds"] = time.perf_counter() - began
+        stats["seconds"], stats["cpu"] = time.perf_counter() - began, time.process_time() - cpu
         labels, scores = model.labels_, None
     else:
         from sklearn.cluster import HDBSCAN
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         # scikit-learn counts the point itself in min_samples; the others do not
         labels = HDBSCAN(min_cluster_size=mcs, min_samples=min_samples + 1, n_jobs=-1, copy=False).fit(X).labels_
-        stats["seconds"] = time.perf_counter() - began
+        stats["seconds"], stats["cpu"] = time.perf_counter() - began, time.process_time() - cpu
         scores = None
     stats["peak_rss_gib"] = _peak_gib()
     np.save(out_prefix + ".labels.npy", labels)
@@ -212,6 +217,9 @@ def cell(args, tmp: str, data: str, n: int, d: int, data_path: str, truth: np.nd
         row["ratio_fresh"] = best / ours["fresh"] if best else None
         row["ratio_warm"] = best / ours["seconds"] if best else None
         row["ratio_is_lower_bound"] = bool(stopped) and (fastest is None or bound < fastest)
+        # CPU seconds (all threads) are less swayed by other jobs on a shared machine than wall time
+        peer_cpu = [results[p]["cpu"] for p in finished if "cpu" in results[p]]
+        row["cpu_ratio_fresh"] = min(peer_cpu) / ours["cpu_fresh"] if peer_cpu else None
     return row
 
 
@@ -219,7 +227,7 @@ def fmt_row(row: dict) -> str:
     ours = row["phdbscan"]
     head = f"| {row['data']} | {row['n']:,} | {row['d']} | {row['min_samples']} | {row['min_cluster_size']} |"
     if ours["status"] != "ok":
-        return head + f" pHDBSCAN {ours['status']} |" + " |" * 10
+        return head + f" pHDBSCAN {ours['status']} |" + " |" * 13
     peers = []
     for p in PEERS:
         s = row.get(p)
@@ -240,13 +248,14 @@ def fmt_row(row: dict) -> str:
     stages = "/".join(f"{st.get(k, 0):.1f}" for k in ("knn", "core", "forest", "joins", "tree"))
     return (head + f" {ours['fresh']:.1f} | {ours['seconds']:.1f} | " + " | ".join(peers) +
             f" | {ratio(row.get('ratio_fresh'))} | {ratio(row.get('ratio_warm'))} | "
+            f"{'–' if not row.get('cpu_ratio_fresh') else format(row['cpu_ratio_fresh'], '.1f') + '×'} | "
             f"{ours['peak_rss_fresh_gib']:.2f} | {'–' if ari is None else f'{ari:.3f}'} ({row['reference'] or '–'}) | "
             f"{'–' if glosh is None else f'{glosh:.3f}'} | {knn['recall']:.3f} (p{knn['probe'] or '-'}) | "
             f"{100 * knn['core_error_mean']:.2f}/{100 * knn['core_error_max']:.0f} | {stages} |")
 
 
 HEADER = ("| data | n | d | min_samples | mcs | pHDBSCAN fresh s | warm s | hdbscan s | fast_hdbscan s | sklearn s | "
-          "× fresh | × warm | peak RSS GiB (ours) | ARI vs ref | GLOSH ρ | recall@(ms+1) (probe) | "
+          "× fresh | × warm | × CPU s (fresh) | peak RSS GiB (ours) | ARI vs ref | GLOSH ρ | recall@(ms+1) (probe) | "
           "core err % mean/max | stages s: knn/core/forest/joins/tree |\n" + "|---" * 19 + "|")
 
 
@@ -263,13 +272,17 @@ def main() -> None:
                         help="stop a peer once it has run this many times pHDBSCAN's fresh time")
     parser.add_argument("--min-cap-s", type=float, default=20.0, help="the least cap --stop-at-ratio gives a peer")
     parser.add_argument("--out", default=None, help="append one JSON line per cell here")
+    parser.add_argument("--no-warm", action="store_true", help="skip pHDBSCAN's second (warm) fit: its "
+                        "'warm' column is then the fresh process's fit alone")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.no_warm:
+        os.environ["HDBSCAN_GRID_WARM"] = "0"
     if args.worker:
         method, data_path, out_prefix, ms, mcs, launched = args.worker
         print(json.dumps(worker(method, data_path, out_prefix, int(ms), int(mcs), float(launched))))
         return
-    print(f"# hdbscan_grid | {machine()} | {stamp()} | cap {args.cap_s:.0f}s"
+    print(f"# hdbscan_grid | {machine()} | {stamp()} | load avg {os.getloadavg()[0]:.1f} | cap {args.cap_s:.0f}s"
           + (f" | peers stopped at {args.stop_at_ratio}x pHDBSCAN fresh (min {args.min_cap_s:.0f}s)"
              if args.stop_at_ratio else ""), flush=True)
     print(HEADER, flush=True)
@@ -282,6 +295,7 @@ def main() -> None:
             for ms, mcs in itertools.product(args.min_samples, args.mcs):
                 row = cell(args, tmp, data, n, d, data_path, truth, ms, mcs)
                 row["when"] = stamp()
+                row["load_avg_1m"] = os.getloadavg()[0]  # the machine is shared: other jobs' load inflates times
                 print(fmt_row(row), flush=True)
                 if args.out:
                     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

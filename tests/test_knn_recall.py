@@ -13,10 +13,11 @@ from lakelens.operators.hdbscan.knn import KnnGraph, SampleTruth, choose_probe, 
 
 
 def _hard_blobs(n: int = 40_000, dim: int = 16, seed: int = 0) -> np.ndarray:
-    """Isotropic blobs in 16 dimensions: true neighbours spread over many k-means cells."""
+    """Two overlapping isotropic Gaussians in 16 dimensions: true neighbours spread over many k-means cells."""
     rng = np.random.default_rng(seed)
-    centres = rng.uniform(-20, 20, size=(8, dim))
-    return (centres[rng.integers(0, 8, n)] + rng.standard_normal((n, dim)) * 2.0).astype(np.float32)
+    centres = np.zeros((2, dim))
+    centres[1, 0] = 3.0
+    return (centres[rng.integers(0, 2, n)] + rng.standard_normal((n, dim))).astype(np.float32)
 
 
 def _exact_recall(data: np.ndarray, graph: KnnGraph, k: int, size: int = 500, seed: int = 12345) -> float:
@@ -36,10 +37,10 @@ def hard():
 
 @pytest.fixture(scope="module")
 def cell_graphs(hard):
-    return {target: knn_graph(hard, 16, method="cells", recall_k=11, recall_target=target) for target in (0.8, 0.99)}
+    return {target: knn_graph(hard, 16, method="cells", recall_k=11, recall_target=target) for target in (0.8, 0.9)}
 
 
-@pytest.mark.parametrize("target", [0.8, 0.99])
+@pytest.mark.parametrize("target", [0.8, 0.9])
 def test_a_cell_graph_reaches_its_recall_target_on_rows_it_did_not_measure(hard, cell_graphs, target):
     graph = cell_graphs[target]
     measured = _exact_recall(hard, graph, 11)
@@ -48,9 +49,11 @@ def test_a_cell_graph_reaches_its_recall_target_on_rows_it_did_not_measure(hard,
     assert abs(graph.report.recall - measured) < 0.02  # the estimate is a fair one
 
 
-def test_a_higher_target_probes_more_cells(cell_graphs):
-    low, high = cell_graphs[0.8].report, cell_graphs[0.99].report
-    assert high.probe > low.probe and high.recall > low.recall
+def test_a_higher_target_probes_more_cells_up_to_an_exact_search(cell_graphs):
+    low, high = cell_graphs[0.8].report, cell_graphs[0.9].report
+    assert low.method == "cells" and low.probe >= 6  # the least probe: the target only raises it
+    # past half the cells in every pool (0.99 on these overlapping Gaussians) one flat search is cheaper
+    assert (high.method == "exact" or high.probe > low.probe) and high.recall > low.recall
 
 
 def test_a_fixed_probe_is_measured_not_adapted(hard):
@@ -77,6 +80,7 @@ def test_the_probe_needed_for_each_neighbour_is_its_cell_rank_from_the_home_cell
     assert choose_probe(needed, 0.6) == 2  # probe 2 finds 2 of 3 for both rows
     assert choose_probe(needed, 1.0) == 4
     assert choose_probe(needed, 0.5, least=3) == 3
+    assert choose_probe(needed, 0.5, least=6) == 6  # the least probe holds even past the last rank needed
 
 
 def test_a_fit_reports_its_graph_recall_exact_below_the_cell_threshold():
@@ -87,11 +91,11 @@ def test_a_fit_reports_its_graph_recall_exact_below_the_cell_threshold():
 
 
 def test_an_approximate_fit_reports_the_recall_it_measured(hard):
-    model = PHDBSCAN(min_cluster_size=500, min_samples=10, knn_recall_target=0.97).fit(hard)
+    model = PHDBSCAN(min_cluster_size=500, min_samples=10, knn_recall_target=0.75).fit(hard)
     report = model.knn_report_
     assert report.method == "cells" and report.recall_k == 11 and report.sample == 1000
-    assert model.knn_recall_ == report.recall >= 0.97
-    assert model.get_params()["knn_recall_target"] == 0.97
+    assert model.knn_recall_ == report.recall >= 0.75
+    assert model.get_params()["knn_recall_target"] == 0.75
 
 
 @pytest.mark.parametrize("bad", [0, 1.5, -0.1, "high", True])

@@ -338,7 +338,7 @@ def make_backend(X, metric: Any, metric_kwargs: dict[str, Any], *, algorithm: st
         if not is_sparse or n * X.shape[1] <= DENSIFY_MAX_CELLS:
             dense = X.toarray() if is_sparse else X
             data = prepare(dense, "cosine" if metric in ("cosine", "arccos") else "euclidean")
-            method = knn_method if knn_method in ("auto", "exact", "ivf", "hnsw", "cells") else "auto"
+            method = knn_method if knn_method in ("auto", "exact", "ivf", "hnsw", "cells", "kdtree") else "auto"
             return FaissBackend(data, metric, method, device, nprobe, seed, recall_target)
     chosen = choose_algorithm(metric, n, algorithm, knn_method, is_sparse)
     data = X.tocsr().astype(np.float64) if is_sparse else np.ascontiguousarray(X, dtype=np.float64)

@@ -20,12 +20,15 @@ from numba import njit, prange
 
 # flat search costs n^2 d: beyond this IVF cells (measured in bench/RESULTS.md) win
 EXACT_MAX_N = 20_000
+# up to this many dimensions a kd-tree gives the exact graph for less than the cells' approximate
+# one (50k x 8: 0.8-1.5 CPU-s against 4.9; at 24 dims it loses on blobs, bench/RESULTS.md)
+KDTREE_MAX_DIM = 10
 # rows searched exactly to measure an approximate graph's recall (its standard error is ~0.007 at 0.95)
 RECALL_SAMPLE = 1000
-# the cells' probe before adaptation; below LOW_PROBE_MIN_N points it is also the least probe, which
-# keeps the graphs of the small worlds the jobs pin (tests/test_behaviour_unchanged.py) as they were
+# the cells' least probe: the target only raises it. Fewer cells leave the graph in many more
+# components, and the exact joins between them cost more than the search saved (50k x 8 blobs:
+# probe 1 met recall 0.976 but the joins took 13.7 s against a 2.6 s graph, bench/RESULTS.md)
 DEFAULT_PROBE = 6
-LOW_PROBE_MIN_N = 40_000
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,10 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
     k = min(k, n)
     recall_k = min(recall_k or k, k)
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else "cells")
+        method = "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else
+                                                   "kdtree" if data.shape[1] <= KDTREE_MAX_DIM else "cells")
+    if method == "kdtree":
+        return KnnGraph(*_rows(kdtree_knn(data, k)), KnnReport("kdtree", k, recall_k))
     if method == "cells":
         return cell_knn(data, k, probe=nprobe, seed=seed, recall_k=recall_k, recall_target=recall_target,
                         sample=sample)
@@ -178,6 +184,16 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
     graph = search(index, data, data, k)
     report = _report(method, k, graph, truth, recall_target, probe, getattr(index, "nlist", None), measuring)
     return KnnGraph(graph.distances, graph.indices, report)
+
+
+def kdtree_knn(data: np.ndarray, k: int) -> KnnGraph:
+    """The exact graph by scikit-learn's kd-tree (all cores), distances redone in float64 and rows
+    ordered as `search` orders them."""
+    from sklearn.neighbors import NearestNeighbors
+
+    _, idx = NearestNeighbors(n_neighbors=k, algorithm="kd_tree", n_jobs=-1).fit(data).kneighbors(data)
+    idx = idx.astype(np.int64)
+    return _ordered_rows(exact_distances(data, data, idx), idx, k)
 
 
 def _rows(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +287,7 @@ def choose_probe(needed: np.ndarray, target: float, least: int = 1) -> int:
         per_row = (needed <= probe).sum(axis=1) / k
         if per_row.mean() - 2.0 * per_row.std() / math.sqrt(per_row.size) >= target:
             return probe
-    return int(needed.max())
+    return max(least, int(needed.max()))
 
 
 def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0,
@@ -296,8 +312,7 @@ def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None 
     truth = exact_sample(data, recall_k, sample, seed)
     if probe is None and recall_target is not None:
         _, near = kmeans.index.search(kmeans.centroids[cell[truth.rows]], n_cells)
-        least = DEFAULT_PROBE if n < LOW_PROBE_MIN_N else 1
-        probe = choose_probe(needed_probe(near, cell, truth), recall_target, min(least, n_cells))
+        probe = choose_probe(needed_probe(near, cell, truth), recall_target, min(DEFAULT_PROBE, n_cells))
     probe = min(n_cells, probe or DEFAULT_PROBE)
     measuring = time.perf_counter() - started
     if probe * n / n_cells >= n / 2:  # the pools would hold most points: one flat search is cheaper
@@ -343,26 +358,38 @@ def _block_search(stored: np.ndarray, queries: np.ndarray, k: int, cells: int = 
 @njit(parallel=True, cache=True)
 def _top_k(dot: np.ndarray, query_sq: np.ndarray, stored_sq: np.ndarray, best_d: np.ndarray,
            best_i: np.ndarray) -> None:
-    """Per row, the k smallest |q|^2 + |s|^2 - 2 q.s by insertion into a sorted list; most entries
-    fail the first comparison with the current k-th, which is what makes this pass cheap."""
+    """Per row, the k smallest |q|^2 + |s|^2 - 2 q.s by insertion into a sorted list. Entries go
+    in chunks of 32: a chunk whose least value cannot beat the current k-th is skipped after one
+    vectorisable pass, which is what most chunks are once the list fills."""
     k = best_i.shape[1]
+    m = dot.shape[1]
     for i in prange(dot.shape[0]):
         for t in range(k):
             best_d[i, t] = np.inf
             best_i[i, t] = -1
         worst = np.inf
         base = query_sq[i]
-        for j in range(dot.shape[1]):
-            d = base + stored_sq[j] - 2.0 * dot[i, j]
-            if d < worst:
-                t = k - 1
-                while t > 0 and best_d[i, t - 1] > d:
-                    best_d[i, t] = best_d[i, t - 1]
-                    best_i[i, t] = best_i[i, t - 1]
-                    t -= 1
-                best_d[i, t] = d
-                best_i[i, t] = j
-                worst = best_d[i, k - 1]
+        buf = np.empty(32, dtype=np.float32)
+        for lo in range(0, m, 32):
+            hi = min(m, lo + 32)
+            least = np.inf
+            for j in range(lo, hi):
+                d = base + stored_sq[j] - 2.0 * dot[i, j]
+                buf[j - lo] = d
+                least = min(least, d)
+            if least >= worst:
+                continue
+            for j in range(lo, hi):
+                d = buf[j - lo]
+                if d < worst:
+                    t = k - 1
+                    while t > 0 and best_d[i, t - 1] > d:
+                        best_d[i, t] = best_d[i, t - 1]
+                        best_i[i, t] = best_i[i, t - 1]
+                        t -= 1
+                    best_d[i, t] = d
+                    best_i[i, t] = j
+                    worst = best_d[i, k - 1]
 
 
 def _flat(data: np.ndarray, k: int, batch: int = 16_384) -> KnnGraph:

@@ -100,7 +100,7 @@ class HDBSCANParams:
     allow_single_cluster: bool = False
     metric: str = "euclidean"  # the backend's canonical metric name (see backends.py)
     knn_k: int | None = None  # neighbours in the graph, self included; default max(min_samples + 1, 16)
-    knn_method: str = "auto"  # exact, ivf, hnsw, cells, nndescent or auto
+    knn_method: str = "auto"  # exact, kdtree, ivf, hnsw, cells, nndescent or auto
     device: str = "auto"  # cpu, cuda or auto
     nprobe: int | None = None  # a fixed probe; None adapts it to knn_recall_target
     # an approximate graph probes until recall@(min_samples + 1), measured on a sample, reaches this
