@@ -51,13 +51,15 @@ def run_week(root: Path, users: int, seed: int, epochs: int, with_full: bool = T
 
     config = week_config(epochs)
     lake = Lake(root / "daily")
-    generate_week(lake, users=users, seed=seed, start=START)
+    if not lake.list_files("transactions"):  # a kept lake is reused: its generation and training are published
+        generate_week(lake, users=users, seed=seed, start=START)
     train_days = [START + timedelta(days=k) for k in range(3)]
     for day in train_days:
         run_build_sequences(lake, day, config)
     run_train_encoder(lake, train_days, config)
     full_lake = None
     if with_full:
+        shutil.rmtree(root / "full", ignore_errors=True)
         shutil.copytree(lake.root_uri, root / "full")
         full_lake = Lake(root / "full")
     records, previous_keys, fraud_mo = [], None, _fraud_mo(lake)
@@ -156,7 +158,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--no-full", action="store_true", help="skip the full re-cluster beside each daily run")
     parser.add_argument("--json", help="write every number here")
-    parser.add_argument("--keep", help="build the lakes in this folder and keep them (default: a temporary one)")
+    parser.add_argument("--keep", help="build the lakes in this folder and keep them (default: a temporary one); "
+                        "a folder kept earlier is reused: its generated week and trained encoder stay")
     args = parser.parse_args()
     print(f"detection_week: {stamp()} on {machine()}; users {args.users}, seed {args.seed}, epochs {args.epochs}")
     if args.keep:
