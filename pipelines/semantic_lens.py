@@ -117,7 +117,9 @@ def _compute(run: Run, cfg: LensConfig, gpu_wait_s: int = 0) -> None:
     with run.stage("embed_examples"):
         chosen = examples.filter(pc.equal(examples.column("mode"), cfg.examples_mode))
         needed = pa.array(sorted(set(chosen.column("sample_id").to_pylist())), pa.string())
-        selected = images.map_batches(only_samples, fn_kwargs={"wanted": needed}, batch_format="pyarrow")
+        # the examples are read before the actors start: with the cropper and the embedder each holding a CPU,
+        # a 2-CPU cluster had none left for the read tasks that feed them, and the stage stalled
+        selected = images.map_batches(only_samples, fn_kwargs={"wanted": needed}, batch_format="pyarrow").materialize()
         if cfg.crop_examples:
             wanted: dict[str, list[tuple[str, int]]] = {}
             for r in chosen.select(["sample_id", "layer", "unit"]).to_pylist():
