@@ -118,29 +118,36 @@ def capped_cluster():
     never `ray stop` (other Ray instances may run on this machine)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="lkso", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # a loaded machine starts a node's agents slowly: give the raylet longer than its default to wait
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": "300000"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0", "--memory=1000000000",
          "--object-store-memory=200000000", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", *_node_ports()],
+         f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}", *_node_ports()],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     nodes = [head]
     try:
-        address = None
+        address, said = None, []
         for line in head.stdout:
             line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            said.append(line)
             if "ray start --address=" in line:
                 address = line.split("--address=")[1].strip().strip("'\"")
                 break
-        assert address, "the head node did not start"
-        for memory in (1_500_000_000, 1_400_000_000):
-            nodes.append(subprocess.Popen(
-                [ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1", f"--memory={memory}",
-                 "--object-store-memory=150000000", "--disable-usage-stats", *_node_ports()],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env))
+        assert address, "the head node did not start:\n" + "".join(said[-30:])
         driver_env = {**env, "RAY_ADDRESS": address}
-        _wait_for_nodes(driver_env, 3)
+        for i, memory in enumerate((1_500_000_000, 1_400_000_000)):
+            # one at a time: two raylets starting at once on one machine race for the same socket names;
+            # on a loaded machine a raylet may give up waiting for its agent: start it again
+            for attempt in range(3):
+                worker = subprocess.Popen(
+                    [ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1", f"--memory={memory}",
+                     "--object-store-memory=150000000", "--disable-usage-stats", *_node_ports()],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+                nodes.append(worker)
+                if _wait_for_nodes(driver_env, 2 + i, worker=worker, fail=attempt == 2):
+                    break
         yield driver_env
     finally:
         for node in reversed(nodes):
@@ -148,15 +155,20 @@ def capped_cluster():
             node.wait(timeout=120)
 
 
-def _wait_for_nodes(env, count, timeout_s=120.0):
+def _wait_for_nodes(env, count, timeout_s=180.0, worker=None, fail=True) -> bool:
+    """Whether `count` nodes are alive within the timeout; False as soon as `worker` exits (unless `fail`)."""
     probe = "import ray; ray.init(logging_level='ERROR'); print(sum(1 for n in ray.nodes() if n['Alive']))"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
-            return
+            return True
+        if worker is not None and worker.poll() is not None and not fail:
+            return False
         time.sleep(1.0)
-    pytest.fail(f"the Ray cluster did not reach {count} nodes in {timeout_s:.0f} s")
+    if fail:
+        pytest.fail(f"the Ray cluster did not reach {count} nodes in {timeout_s:.0f} s")
+    return False
 
 
 def _run_driver(env, lake: Path, mode: str, out: Path) -> tuple[int, dict, str]:
