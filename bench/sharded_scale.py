@@ -45,16 +45,22 @@ def start_cluster(workers: int, memory: int, object_store: int) -> tuple[dict, l
     # a loaded machine starts a node's agents slowly: give the raylet longer than its default to wait
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": "300000"}
     env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0",
-         f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", *_node_ports()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    nodes = [head]
-    address = None
-    for line in head.stdout:
-        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-        if "ray start --address=" in line:
-            address = line.split("--address=")[1].strip().strip("'\"")
+    nodes = []
+    # a loaded machine may make `ray start` give up (it waits 30 s for its raylet): try again
+    for _ in range(4):
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0",
+             f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", "--disable-usage-stats",
+             f"--temp-dir={temp_dir}", *_node_ports()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env)
+        nodes.append(head)
+        address = None
+        for line in head.stdout:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            if "ray start --address=" in line:
+                address = line.split("--address=")[1].strip().strip("'\"")
+                break
+        if address:
             break
     if not address:
         stop_cluster(nodes)

@@ -121,19 +121,25 @@ def capped_cluster():
     # a loaded machine starts a node's agents slowly: give the raylet longer than its default to wait
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_agent_register_timeout_ms": "300000"}
     env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0", "--memory=1000000000",
-         "--object-store-memory=200000000", "--include-dashboard=false", "--disable-usage-stats",
-         f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}", *_node_ports()],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    nodes = [head]
+    nodes = []
     try:
-        address, said = None, []
-        for line in head.stdout:
-            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            said.append(line)
-            if "ray start --address=" in line:
-                address = line.split("--address=")[1].strip().strip("'\"")
+        # a loaded machine may make `ray start` give up (it waits 30 s for its raylet): try again
+        for attempt in range(3):
+            head = subprocess.Popen(
+                [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0",
+                 "--memory=1000000000", "--object-store-memory=200000000", "--include-dashboard=false",
+                 "--disable-usage-stats", f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}",
+                 *_node_ports()],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            nodes.append(head)
+            address, said = None, []
+            for line in head.stdout:
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                said.append(line)
+                if "ray start --address=" in line:
+                    address = line.split("--address=")[1].strip().strip("'\"")
+                    break
+            if address:
                 break
         assert address, "the head node did not start:\n" + "".join(said[-30:])
         driver_env = {**env, "RAY_ADDRESS": address}
