@@ -31,8 +31,6 @@ $(VENV)/.deps-installed:
 setup: $(VENV)/.deps-installed
 	@# re-point the editable install at this checkout (the venv may be shared by clones)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	@# torchvision's PyPI wheel beside CPU torch: a .pth hook so any script in the venv can import it
-	$(BIN)/python -m lakelens.operators.lens.compat --install
 
 # Debian's chromium for the browser tests of the HTML reports (Playwright drives it; no browser download).
 browser:
