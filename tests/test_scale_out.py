@@ -205,7 +205,9 @@ def test_a_capped_driver_on_a_multi_node_cluster_publishes_the_single_node_label
     assert code == 0, f"the sharded driver failed: {run} {err}"
     # the watchdog samples RSS every 20 ms and would have failed the run above its cap; the kernel's peak
     # (ru_maxrss) can still catch a transient between two samples, so allow 1 %
-    assert run["cap_mb"] == single_run["cap_mb"] and run["peak_mb"] <= 1.01 * run["cap_mb"]
+    # both drivers get the same headroom over their own footprint (which differs by a few MB per process)
+    headroom = lambda r: r["cap_mb"] - r["base_mb"]  # noqa: E731
+    assert abs(headroom(run) - headroom(single_run)) <= 1 and run["peak_mb"] <= 1.01 * run["cap_mb"]
     # the shards ran on both worker nodes (each node's --memory holds one shard's plan), not the head
     assert len({s["node"] for s in run["shards"]}) == 2
     assert all(s["peak_rss_mb"] > 0 for s in run["shards"])
