@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lakelens.infra.ray_runtime import free_port, node_port_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _node_ports() -> list[str]:
-    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
-    return [f"--{name}={_free_port()}" for name in names]
 
 
 def start_cluster(workers: int, memory: int, object_store: int) -> tuple[dict, list]:
@@ -49,9 +40,9 @@ def start_cluster(workers: int, memory: int, object_store: int) -> tuple[dict, l
     # a loaded machine may make `ray start` give up (it waits 30 s for its raylet): try again
     for _ in range(4):
         head = subprocess.Popen(
-            [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0",
-             f"--ray-client-server-port={_free_port()}", "--include-dashboard=false", "--disable-usage-stats",
-             f"--temp-dir={temp_dir}", *_node_ports()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [ray_bin, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=0",
+             f"--ray-client-server-port={free_port()}", "--include-dashboard=false", "--disable-usage-stats",
+             f"--temp-dir={temp_dir}", *node_port_flags()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=env)
         nodes.append(head)
         address = None
@@ -73,7 +64,7 @@ def start_cluster(workers: int, memory: int, object_store: int) -> tuple[dict, l
         for attempt in range(4):
             worker = subprocess.Popen(
                 [ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1", f"--memory={memory}",
-                 f"--object-store-memory={object_store}", "--disable-usage-stats", *_node_ports()],
+                 f"--object-store-memory={object_store}", "--disable-usage-stats", *node_port_flags()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
             nodes.append(worker)
             deadline = time.monotonic() + 240

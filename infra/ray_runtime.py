@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from lakelens.infra.config import RayConfig
 
@@ -36,3 +37,19 @@ def init_ray(config: RayConfig | None = None) -> None:
     # per-operator bars are noise in scheduled-job logs; the global bar shows progress
     context.enable_operator_progress_bars = False
     context.verbose_progress = False
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_port_flags() -> list[str]:
+    """`ray start` flags giving one node's agents free ports: two nodes on one machine (with Ray's default
+    extra, which runs a dashboard agent per node) would otherwise both ask for the defaults, and the
+    second never joins."""
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+    return [f"--{name}={free_port()}" for name in names]

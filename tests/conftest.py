@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lakelens.infra.config import EncoderConfig, LakelensConfig, RayConfig, StorageConfig
+from lakelens.infra.ray_runtime import free_port, node_port_flags
 from lakelens.infra.storage import Lake
 
 S3_KEY, S3_SECRET, S3_BUCKET = "lakelens-test", "lakelens-test-secret", "lake"
@@ -27,11 +27,6 @@ WEED_PORTS = (
     "s3.port", "s3.port.grpc", "webdav.port", "admin.port", "admin.port.grpc", "s3.port.iceberg",
 )
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _weed_binary() -> str:
@@ -46,7 +41,7 @@ def _weed_binary() -> str:
 def s3_endpoint(tmp_path_factory) -> str:
     """A real S3 server on free loopback ports, with one bucket, for the whole session."""
     data_dir = tmp_path_factory.mktemp("seaweedfs")
-    ports = {name: _free_port() for name in WEED_PORTS}
+    ports = {name: free_port() for name in WEED_PORTS}
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     args = [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"]
     args += [f"-{name}={port}" for name, port in ports.items()]
@@ -136,14 +131,14 @@ def ray_cluster():
     each with one CPU, so work really spreads over two raylets.
     """
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = _free_port()
+    port = free_port()
     # a short temp dir: Ray's unix socket paths must stay under ~107 characters
     temp_dir = tempfile.mkdtemp(prefix="lkray", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}", *_node_ports()],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}", *node_port_flags()],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     nodes = [head]
     try:
@@ -155,7 +150,7 @@ def ray_cluster():
                 break
         assert address, "the head node did not start"
         worker = subprocess.Popen([ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1",
-                                   "--disable-usage-stats", *_node_ports()], stdout=subprocess.DEVNULL,
+                                   "--disable-usage-stats", *node_port_flags()], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.STDOUT, env=env)
         nodes.append(worker)
         driver_env = {**env, "RAY_ADDRESS": address}
@@ -167,12 +162,6 @@ def ray_cluster():
             node.wait(timeout=120)
 
 
-def _node_ports() -> list[str]:
-    """Free ports for one node's agents: two nodes on one machine (with Ray's default extra, which runs a
-    dashboard agent per node) would otherwise both ask for the defaults, and the second never joins."""
-    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
-    return [f"--{name}={_free_port()}" for name in names]
 
 
 def _wait_for_nodes(env: dict[str, str], count: int, timeout_s: float = 90.0) -> None:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from lakelens.infra.feature_blocks import feature_block_readers, write_feature_block, write_feature_blocks
+from lakelens.infra.ray_runtime import free_port, node_port_flags
 from lakelens.infra.storage import Lake
 from lakelens.operators.hdbscan import HDBSCANParams, fit_hdbscan, prepare_data
 from lakelens.operators.hdbscan.knn import knn_graph
@@ -99,16 +99,7 @@ HEADROOM_MB = 150  # the driver's cap: its footprint after imports and warm-up, 
 PARAMS = dict(min_cluster_size=50, min_samples=10, knn_k=K, knn_method="exact")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
-
-def _node_ports() -> list[str]:
-    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "node-manager-port", "object-manager-port")
-    return [f"--{name}={_free_port()}" for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +117,10 @@ def capped_cluster():
         # a loaded machine may make `ray start` give up (it waits 30 s for its raylet): try again
         for attempt in range(3):
             head = subprocess.Popen(
-                [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=0",
+                [ray_bin, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=0",
                  "--memory=1000000000", "--object-store-memory=200000000", "--include-dashboard=false",
-                 "--disable-usage-stats", f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}",
-                 *_node_ports()],
+                 "--disable-usage-stats", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}",
+                 *node_port_flags()],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             nodes.append(head)
             address, said = None, []
@@ -149,7 +140,7 @@ def capped_cluster():
             for attempt in range(3):
                 worker = subprocess.Popen(
                     [ray_bin, "start", f"--address={address}", "--block", "--num-cpus=1", f"--memory={memory}",
-                     "--object-store-memory=150000000", "--disable-usage-stats", *_node_ports()],
+                     "--object-store-memory=150000000", "--disable-usage-stats", *node_port_flags()],
                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
                 nodes.append(worker)
                 if _wait_for_nodes(driver_env, 2 + i, worker=worker, fail=attempt == 2):
