@@ -31,6 +31,9 @@ $(VENV)/.deps-installed:
 setup: $(VENV)/.deps-installed
 	@# re-point the editable install at this checkout (the venv may be shared by clones)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@# lxt (AttnLRP's reference, compared against in the ViT tests) without its dependencies: it pins
+	@# bitsandbytes and accelerate, which nothing here uses
+	@$(BIN)/python -c "import lxt" 2>/dev/null || $(BIN)/pip install -q --no-deps lxt==2.1
 
 # Debian's chromium for the browser tests of the HTML reports (Playwright drives it; no browser download).
 browser:

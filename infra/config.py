@@ -33,7 +33,7 @@ ShuffleStrategy = Literal["sort_shuffle_pull_based", "sort_shuffle_push_based", 
                           "gpu_shuffle"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # operators.lens.components.COMPOSITES, listed here so that reading a config needs no torch
-Composite = Literal["epsilon-plus-flat", "epsilon-plus", "epsilon-alpha2-beta1-flat", "gradient"]
+Composite = Literal["auto", "epsilon-plus-flat", "epsilon-plus", "epsilon-alpha2-beta1-flat", "gradient", "attn-lrp"]
 # where a model-bound stage runs: "auto" takes the GPUs the cluster has when the stage starts (none: CPU);
 # "cuda" requires one (infra/devices.py), so a GPU job never silently runs on CPU; "cpu" never asks for one
 Device = Literal["auto", "cpu", "cuda"]
@@ -195,6 +195,9 @@ class LensConfig:
     class_names: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     image_size: NonNegInt = 0  # resize images to this before the model (0: as stored)
+    # the model's own input transforms (operators/lens/preprocess.py): "" (as stored, pixels in [0, 1]),
+    # "timm" (the model's data config) or "torchvision:<weights>" (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)
+    preprocess: str = ""
     foundation: str = "lakelens-tiny-clip"  # an open_clip architecture
     foundation_weights: str = ""  # a path in the lake, or a local path; never a hub download
     vocabulary: list[str] = field(default_factory=list)  # concept labels to name components with
@@ -209,7 +212,8 @@ class LensConfig:
     # the crop's side over the region's: a part of an object is named by the foundation model only
     # with some of the object around it
     crop_context: Annotated[float, Field(ge=1)] = 1.5
-    composite: Composite = "epsilon-plus-flat"
+    # auto: the architecture family's own (EpsilonPlusFlat for CNNs, AttnLRP for vision transformers)
+    composite: Composite = "auto"
     # false: activations only, one plain forward per image (the semanticlens package's mode): no relevance
     # top-k, no audits, no crops
     relevance: bool = True

@@ -22,6 +22,7 @@ from lakelens.infra.devices import actor_device
 from lakelens.infra.model_store import ModelStore
 from lakelens.infra.storage import Lake
 from lakelens.operators.lens.components import ComponentRecorder
+from lakelens.operators.lens.preprocess import ModelInput
 from lakelens.operators.lens.semantics import VIEWS_SCHEMA
 
 
@@ -45,14 +46,17 @@ def use_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _recorder(lake: Lake, cfg: LensConfig, use_gpu: bool) -> tuple[ComponentRecorder, str]:
-    """The model with its weights, on the actor's GPU when it was given one, wrapped for relevance passes."""
+def _recorder(lake: Lake, cfg: LensConfig, use_gpu: bool) -> tuple[ComponentRecorder, ModelInput, str]:
+    """The model with its weights, on the actor's GPU when it was given one, wrapped for relevance passes,
+    and its input transform."""
     from lakelens.operators.lens.models import create_model
+    from lakelens.operators.lens.preprocess import model_input
 
     device = actor_device("lens.device", use_gpu)
-    model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)).to(device)
-    return ComponentRecorder(model, cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target,
-                             cfg.relevance), device
+    model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights))
+    inputs = model_input(cfg.preprocess, model, cfg.image_size)
+    return ComponentRecorder(model.to(device), cfg.layers, cfg.num_classes, cfg.top_k, cfg.composite, cfg.target,
+                             cfg.relevance), inputs, device
 
 
 def _labels(batch: pa.Table) -> np.ndarray:
@@ -69,20 +73,18 @@ class ComponentStatsActor:
     def __init__(self, setup: Any) -> None:
         args = _setup(setup)
         use_threads(args["threads"])
-        self.recorder, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
+        self.recorder, self.inputs, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
         self.cfg, self.run, self.audited = args["cfg"], args["run"], np.asarray(sorted(args["audited"]), dtype=np.int64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from lakelens.operators.lens.codec import decode_image
-        from lakelens.operators.lens.models import to_tensor
         from lakelens.operators.lens.semantics import SampleRelevance
 
         images, keep, reasons = [], [], []
         for i, data in enumerate(batch.column("image").to_pylist()):
             try:
-                images.append(decode_image(data, self.cfg.image_size or None))
+                images.append(self.inputs.view(data))
                 keep.append(i)
             except ValueError as exc:
                 reasons.append((i, f"undecodable:image ({exc})"[:200]))
@@ -92,7 +94,7 @@ class ComponentStatsActor:
         if keep:
             kept = batch.take(pa.array(keep))
             ids = kept.column("sample_id").to_pylist()
-            x = to_tensor(np.stack(images)).to(self.device)
+            x = self.inputs.tensor(np.stack(images)).to(self.device)
             with torch.enable_grad():
                 target, relevance = self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
             audited = np.flatnonzero(np.isin(target, self.audited))
@@ -122,19 +124,18 @@ class ExampleCropper:
     def __init__(self, setup: Any) -> None:
         args = _setup(setup)  # lake, cfg, wanted, use_gpu, threads
         use_threads(args["threads"])
-        self.recorder, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
+        self.recorder, self.inputs, self.device = _recorder(args["lake"], args["cfg"], args["use_gpu"])
         self.cfg, self.wanted = args["cfg"], args["wanted"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
         from lakelens.operators.lens.crops import crop_resized, relevant_box
-        from lakelens.operators.lens.codec import decode_image, encode_png
-        from lakelens.operators.lens.models import to_tensor
+        from lakelens.operators.lens.codec import encode_png
 
         cfg = self.cfg
         ids = batch.column("sample_id").to_pylist()
-        images = [decode_image(d, cfg.image_size or None) for d in batch.column("image").to_pylist()]
+        images = [self.inputs.view(d) for d in batch.column("image").to_pylist()]
         labels = _labels(batch)
         pairs = [(i, layer, unit) for i, s in enumerate(ids) for layer, unit in self.wanted.get(s, [])]
         rows = []
@@ -143,7 +144,7 @@ class ExampleCropper:
             for layer in dict.fromkeys(p[1] for p in chunk):
                 mine = [p for p in chunk if p[1] == layer]
                 rows_of = np.array([p[0] for p in mine])
-                x = to_tensor(np.stack([images[i] for i in rows_of])).to(self.device)
+                x = self.inputs.tensor(np.stack([images[i] for i in rows_of])).to(self.device)
                 with torch.enable_grad():
                     heatmaps = self.recorder.channel_heatmaps(x, layer, np.array([p[2] for p in mine]), labels[rows_of])
                 for (i, _, unit), heatmap in zip(mine, heatmaps):

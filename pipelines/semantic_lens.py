@@ -69,7 +69,9 @@ def run_semantic_lens(lake: Lake, dataset: str, config: LakelensConfig, force: b
 
 def _check(lake: Lake, cfg: LensConfig) -> None:
     """Fail before Ray starts: missing settings, bad layer names, unreadable or mismatched weights."""
+    from lakelens.operators.lens.components import make_attribution
     from lakelens.operators.lens.models import create_model, resolve_layers
+    from lakelens.operators.lens.preprocess import model_input
 
     if not cfg.model_id:
         raise InputError("lens.model_id is required: it names the model in the result tables")
@@ -82,7 +84,14 @@ def _check(lake: Lake, cfg: LensConfig) -> None:
                          "crop_examples = false and no audits (expected, spurious)")
     if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
         raise InputError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes")
-    resolve_layers(create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights)), cfg.layers)
+    model = create_model(cfg.architecture, cfg.num_classes, ModelStore(lake).read_weights(cfg.weights))
+    resolve_layers(model, cfg.layers)
+    for key, check in (("lens.preprocess", lambda: model_input(cfg.preprocess, model, cfg.image_size)),
+                       ("lens.composite", lambda: cfg.relevance and make_attribution(cfg.composite, model))):
+        try:
+            check()
+        except ValueError as exc:
+            raise InputError(f"{key}: {exc}") from None
 
 
 def _compute(run: Run, cfg: LensConfig, gpu_wait_s: int = 0) -> None:

@@ -208,7 +208,7 @@ def test_stopping_the_backward_pass_at_the_first_analysed_layer_leaves_layer_rel
     recorder = ComponentRecorder(model, ["block2", "block3"], num_classes=4)
     for to_input in (False, True):
         logits, target, _, outputs = recorder._forward(x, labels[:16], ["block2", "block3"], input_relevance=to_input)
-        relevances = torch.autograd.grad(logits, list(outputs.values()), recorder._start(logits, target))
+        relevances = torch.autograd.grad(logits, list(outputs.values()), recorder.attribution.start(logits, target))
         grads[to_input] = dict(zip(outputs, relevances))
     recorder.close()
     for name in ("block2", "block3"):

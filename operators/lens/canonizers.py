@@ -8,6 +8,9 @@ break that assumption:
   down both branches, so relevance grows at every block (4.5x at a resnet18's layer3). The
   addition becomes a `Sum` module, to which composites map the proportional (Norm) rule.
 
+Vision transformers (timm, torchvision) are a family of their own: their relevance comes from
+AttnLRP (operators/lens/attnlrp.py), which rewrites the forward pass instead of mapping rules.
+
 `FAMILIES` is a registry, searched in order: the first family whose `detect` accepts the model
 supplies its canonizers. The last entry, plain sequential CNNs, accepts anything, so a model
 from an unknown family gets batch-norm merging only; `relevance_conservation` in stage 1's
@@ -28,15 +31,20 @@ class Family:
     name: str
     detect: Callable[[nn.Module], bool]
     canonizers: Callable[[], list]  # fresh zennit Canonizer instances
+    # how relevance is computed: zennit rules over a composite ("lrp") or AttnLRP's rewritten forward
+    method: str = "lrp"
+    # layer outputs are (batch, tokens, channels), not (batch, channels, ...)
+    token_major: bool = False
 
 
 FAMILIES: list[Family] = []
 
 
-def register_family(name: str, detect: Callable[[nn.Module], bool]) -> Callable[[Callable[[], list]], Callable[[], list]]:
+def register_family(name: str, detect: Callable[[nn.Module], bool], method: str = "lrp",
+                    token_major: bool = False) -> Callable[[Callable[[], list]], Callable[[], list]]:
     """Decorator: `canonizers()` of a family, tried before every family registered after it."""
     def wrapped(canonizers: Callable[[], list]) -> Callable[[], list]:
-        FAMILIES.append(Family(name, detect, canonizers))
+        FAMILIES.append(Family(name, detect, canonizers, method, token_major))
         return canonizers
     return wrapped
 
@@ -72,6 +80,27 @@ def _torchvision_vgg() -> tuple[type, ...]:
     from lakelens.operators.lens.compat import import_torchvision
 
     return (import_torchvision().models.VGG,)
+
+
+def _timm_vit() -> tuple[type, ...]:
+    from lakelens.operators.lens.compat import import_torchvision
+
+    import_torchvision()  # timm imports torchvision
+    from timm.models.vision_transformer import VisionTransformer
+
+    return (VisionTransformer,)
+
+
+def _torchvision_vit() -> tuple[type, ...]:
+    from lakelens.operators.lens.compat import import_torchvision
+
+    return (import_torchvision().models.VisionTransformer,)
+
+
+@register_family("timm-vit", _has_module_of(_timm_vit), method="attn-lrp", token_major=True)
+@register_family("torchvision-vit", _has_module_of(_torchvision_vit), method="attn-lrp", token_major=True)
+def _vit() -> list:
+    return []  # AttnLRP rewrites the forward itself (operators/lens/attnlrp.py)
 
 
 @register_family("torchvision-resnet", _has_module_of(_torchvision_resnet_blocks))

@@ -5,6 +5,8 @@ that reaches a layer's output is its LRP relevance, so hooks that keep each chos
 give, for all of its channels at once, the aggregated activation (spatial mean, as SemanticLens's
 default) and the channel relevance (spatial sum: CRP's relevance of the channel as a concept).
 The backward pass starts from the target logit (predicted class, or the true label when asked).
+Vision transformers get AttnLRP instead (operators/lens/attnlrp.py), where relevance is a tensor
+times its gradient; their components are the channels (e.g. MLP neurons) of token-major layers.
 
 `ComponentStats` holds what one actor saw: streaming top-k per component by activation and by
 relevance, and per-class relevance sums for audits. Stats from many actors merge exactly.
@@ -38,15 +40,97 @@ COMPOSITE_MAKERS: dict[str, Callable[[list], object] | None] = {
     "epsilon-alpha2-beta1-flat": _zennit_composite("EpsilonAlpha2Beta1Flat"),
     "gradient": None,
 }
-COMPOSITES = tuple(COMPOSITE_MAKERS)
+ATTN_LRP, AUTO = "attn-lrp", "auto"
+COMPOSITES = (AUTO, *COMPOSITE_MAKERS, ATTN_LRP)
+DEFAULT_COMPOSITE = {"lrp": "epsilon-plus-flat", ATTN_LRP: ATTN_LRP}  # per family method, for "auto"
 
 
-def make_composite(name: str, model: nn.Module):
-    """The named composite with the canonizers of the model's architecture family (operators/lens/canonizers.py)."""
+class Attribution:
+    """How a backward pass yields relevance: what enters at the logits, and how a tensor's gradient reads
+    as relevance. `register` rewrites the model for it; `remove` restores the model."""
+
+    name: str
+
+    def register(self, model: nn.Module) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def start(self, logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def relevance(self, tensor: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _at_target(logits: torch.Tensor, target: np.ndarray, values: torch.Tensor) -> torch.Tensor:
+    start = torch.zeros_like(logits)
+    rows = torch.arange(len(target), device=logits.device)
+    columns = torch.as_tensor(target, device=logits.device)
+    start[rows, columns] = values[rows, columns]
+    return start
+
+
+class ZennitRules(Attribution):
+    """A zennit composite (or none: plain gradient): its rules make the gradient itself the relevance,
+    which enters at the target logit with the logit's value, as CRP starts it."""
+
+    def __init__(self, name: str, composite: object | None) -> None:
+        self.name, self.composite = name, composite
+
+    def register(self, model: nn.Module) -> None:
+        if self.composite is not None:
+            self.composite.register(model)
+
+    def remove(self) -> None:
+        if self.composite is not None:
+            self.composite.remove()
+
+    def start(self, logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        return _at_target(logits, target, logits.detach())
+
+    def relevance(self, tensor: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class GradientTimesInput(Attribution):
+    """AttnLRP: the rewritten forward makes tensor x gradient the relevance; a unit gradient at the target
+    logit puts the logit's value in."""
+
+    name = ATTN_LRP
+
+    def __init__(self) -> None:
+        from lakelens.operators.lens.attnlrp import AttnLRP
+
+        self.rewrite = AttnLRP()
+
+    def register(self, model: nn.Module) -> None:
+        self.rewrite.register(model)
+
+    def remove(self) -> None:
+        self.rewrite.remove()
+
+    def start(self, logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        return _at_target(logits, target, torch.ones_like(logits))
+
+    def relevance(self, tensor: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return tensor.detach() * grad
+
+
+def make_attribution(name: str, model: nn.Module) -> Attribution:
+    """The named method for the model's architecture family (operators/lens/canonizers.py); "auto" picks the
+    family's own: zennit's EpsilonPlusFlat for CNNs, AttnLRP for vision transformers."""
     if name not in COMPOSITES:
         raise ValueError(f"unknown composite {name!r}; known: {', '.join(COMPOSITES)}")
-    make = COMPOSITE_MAKERS[name]
-    return None if make is None else make(family_of(model).canonizers())
+    family = family_of(model)
+    name = DEFAULT_COMPOSITE[family.method] if name == AUTO else name
+    if name == "gradient":
+        return ZennitRules(name, None)
+    if (name == ATTN_LRP) != (family.method == ATTN_LRP):
+        raise ValueError(f"composite {name!r} does not apply to a {family.name} model; use {DEFAULT_COMPOSITE[family.method]!r}, "
+                         "'gradient' or 'auto'")
+    if name == ATTN_LRP:
+        return GradientTimesInput()
+    return ZennitRules(name, COMPOSITE_MAKERS[name](family.canonizers()))
 
 
 @dataclass
@@ -98,7 +182,7 @@ class ComponentRecorder:
     """Hooks the chosen layers of a model and folds batches into `ComponentStats`."""
 
     def __init__(self, model: nn.Module, layers: list[str], num_classes: int, k: int = 20,
-                 composite: str = "epsilon-plus-flat", target: str = "predicted", relevance: bool = True) -> None:
+                 composite: str = AUTO, target: str = "predicted", relevance: bool = True) -> None:
         """`relevance=False`: activations only, one plain forward per batch (the semanticlens package's
         mode); no relevance top-k, class relevance stays zero."""
         if target not in ("predicted", "label"):
@@ -116,16 +200,17 @@ class ComponentRecorder:
         if getattr(model, "_lakelens_recorder", None) is not None:
             raise RuntimeError("this model already has a ComponentRecorder; close() it first")
         self.relevance = relevance
-        self.composite = make_composite(composite, model) if relevance else None
-        if self.composite is not None:
-            self.composite.register(self.model)
+        self.token_major = family_of(model).token_major
+        self.attribution = make_attribution(composite, model) if relevance else None
+        if self.attribution is not None:
+            self.attribution.register(self.model)
         model._lakelens_recorder = self
 
     def close(self) -> None:
         """Restores the model: removes the composite's rules and undoes its canonizers."""
         if getattr(self.model, "_lakelens_recorder", None) is self:
-            if self.composite is not None:
-                self.composite.remove()
+            if self.attribution is not None:
+                self.attribution.remove()
             for parameter in self._trainable:
                 parameter.requires_grad_(True)
             self.model._lakelens_recorder = None
@@ -147,8 +232,8 @@ class ComponentRecorder:
         """One forward and one modified backward: logits, targets and, per analysed layer, its output
         (activation) and the relevance at it, both (n, channels, ...)."""
         logits, target, _, outputs = self._forward(images, labels, list(self.layers), input_relevance=False)
-        grads = torch.autograd.grad(logits, list(outputs.values()), grad_outputs=self._start(logits, target))
-        return logits, target, {n: (o.detach(), g) for (n, o), g in zip(outputs.items(), grads)}
+        grads = torch.autograd.grad(logits, list(outputs.values()), grad_outputs=self.attribution.start(logits, target))
+        return logits, target, {n: (o.detach(), self.attribution.relevance(o, g)) for (n, o), g in zip(outputs.items(), grads)}
 
     def record(self, images: torch.Tensor, sample_index: np.ndarray, sample_ids: list[str],
                labels: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -161,22 +246,22 @@ class ComponentRecorder:
             per_layer = {n: (o, None) for n, o in outputs.items()}
         channel_relevance = {}
         if self.stats is None:
-            self.stats = self._empty({n: int(o.shape[1]) for n, (o, _) in per_layer.items()})
+            self.stats = self._empty({n: int(self._channels_first(o).shape[1]) for n, (o, _) in per_layer.items()})
         stats = self.stats
         for name, (output, relevance) in per_layer.items():
-            act = _aggregate(output, "mean")
+            act = _aggregate(self._channels_first(output), "mean")
             layer = stats.layers[name]
             layer.by_activation = layer.by_activation.update(act, sample_index)
             layer.activation_sum += act.sum(axis=0)
             if relevance is None:
                 continue
-            rel = channel_relevance[name] = _aggregate(relevance, "sum")
+            rel = channel_relevance[name] = _aggregate(self._channels_first(relevance), "sum")
             layer.by_relevance = layer.by_relevance.update(rel, sample_index)
             np.add.at(layer.class_relevance, target, rel)
             np.add.at(layer.class_positive, target, np.maximum(rel, 0))
         np.add.at(stats.class_counts, target, 1)
         stats.samples += len(sample_index)
-        stats.start_total += float(self._start(logits, target).sum()) if self.relevance else 0.0
+        stats.start_total += float(_at_target(logits, target, logits.detach()).sum()) if self.relevance else 0.0
         if labels is not None:
             predicted = logits.detach().argmax(1).cpu().numpy()
             known = labels >= 0
@@ -199,18 +284,25 @@ class ComponentRecorder:
         """
         logits, target, x, outputs = self._forward(images, labels, [layer], input_relevance=True)
         output = outputs[layer]
-        (relevance,) = torch.autograd.grad(logits, output, grad_outputs=self._start(logits, target), retain_graph=True)
-        mask = torch.zeros_like(relevance)
-        rows = torch.arange(len(channels), device=relevance.device)
-        mask[rows, torch.as_tensor(np.asarray(channels), dtype=torch.long, device=relevance.device)] = 1
-        (heatmap,) = torch.autograd.grad(output, x, grad_outputs=relevance * mask)
-        return heatmap.detach().sum(1).cpu().double().numpy()
+        (grad,) = torch.autograd.grad(logits, output, grad_outputs=self.attribution.start(logits, target),
+                                      retain_graph=True)
+        # the mask is 0/1 per channel, so masking the gradient masks the relevance under either method
+        mask = torch.zeros_like(self._channels_first(grad))
+        rows = torch.arange(len(channels), device=grad.device)
+        mask[rows, torch.as_tensor(np.asarray(channels), dtype=torch.long, device=grad.device)] = 1
+        mask = mask.transpose(1, 2) if self.token_major and mask.ndim == 3 else mask
+        (heatmap,) = torch.autograd.grad(output, x, grad_outputs=grad * mask)
+        return self.attribution.relevance(x, heatmap).sum(1).cpu().double().numpy()
 
     def input_relevance(self, images: torch.Tensor, labels: np.ndarray | None = None) -> torch.Tensor:
         """The unconditioned LRP heatmap: (n, colours, height, width) relevance at the pixels."""
         logits, target, x, _ = self._forward(images, labels, [], input_relevance=True)
-        (heatmap,) = torch.autograd.grad(logits, x, grad_outputs=self._start(logits, target))
-        return heatmap.detach()
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=self.attribution.start(logits, target))
+        return self.attribution.relevance(x, grad).detach()
+
+    def _channels_first(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A transformer's (batch, tokens, channels) as (batch, channels, tokens); other layouts as they are."""
+        return tensor.transpose(1, 2) if self.token_major and tensor.ndim == 3 else tensor
 
     def _forward(self, images: torch.Tensor, labels: np.ndarray | None, layers: list[str], input_relevance: bool
                  ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, dict[str, torch.Tensor]]:
@@ -247,17 +339,9 @@ class ComponentRecorder:
             return np.where(labels >= 0, labels, predicted)
         return predicted
 
-    @staticmethod
-    def _start(logits: torch.Tensor, target: np.ndarray) -> torch.Tensor:
-        """Relevance enters at the target logit with the logit's value, as CRP starts it."""
-        start = torch.zeros_like(logits)
-        rows = torch.arange(len(target), device=logits.device)
-        columns = torch.as_tensor(target, device=logits.device)
-        start[rows, columns] = logits.detach()[rows, columns]
-        return start
-
 
 def _aggregate(tensor: torch.Tensor, how: str) -> np.ndarray:
-    """(batch, channels, ...) -> (batch, channels) over the spatial or token axes."""
+    """(batch, channels, ...) -> (batch, channels) over the spatial or token axes (activation: their mean, as
+    SemanticLens's default; relevance: their sum, CRP's relevance of the channel)."""
     flat = tensor.flatten(2) if tensor.ndim > 2 else tensor[..., None]
     return (flat.mean(-1) if how == "mean" else flat.sum(-1)).double().cpu().numpy()
