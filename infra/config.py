@@ -173,6 +173,9 @@ class ClusterConfig:
     join_quantile: Share = 0.95
     # how the noise pool is clustered: "leaf" keeps small dense new patterns apart from the diffuse rest
     emerging_selection_method: Literal["eom", "leaf"] = "leaf"
+    # ... at this finer density scale (at most min_samples): patterns of a few dozen transactions, sparser
+    # than the big groups, dissolve into their surroundings when core distances reach min_samples neighbours
+    emerging_min_samples: PosInt = 5
     # an incremental cluster counts as emerging when new, or grown by at least this factor
     emerging_growth: Annotated[float, Field(ge=1)] = 1.5
     # scale-out (docs/scale_out.md): pHDBSCAN over this many Ray shard actors that read their rows from the

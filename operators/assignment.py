@@ -11,6 +11,12 @@ density then takes in whatever lands near it, however far it is from its members
 point joins only when its outlier score (GLOSH, predicted) is no higher than the `join_quantile`
 quantile of that cluster's members' own scores: it must sit as deep in the cluster as its members
 do. Refused points go to the noise pool.
+
+The noise pool. What no model took is clustered again at a finer density scale (the job's
+`emerging_min_samples`, below `min_samples`): small, sparse patterns (tens of transactions, farther
+apart than the big legitimate groups) dissolve into their surroundings when every core distance
+reaches `min_samples` neighbours, and stand out with fewer. The full re-cluster does the same with
+its own noise, so full and incremental runs find the same kinds of clusters.
 """
 
 from __future__ import annotations
@@ -90,38 +96,78 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile
     return Assignment(keys, probabilities, outlier_scores, persistence, refused)
 
 
-def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,
-                  name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]],
-                  context_share: float = 1.0) -> KeyedModel | None:
-    """Fit `model` on the points still called noise, beside a sample of already-assigned points as
-    context; clusters made mostly of noise-pool points are emerging, and their points join them (in place).
+@dataclass
+class PoolClusters:
+    """A noise-pool re-cluster: `rows` (pool first, then context) index the features `model` was fitted on;
+    `emerging` pool labels are new clusters; `joins[label]` is the existing owner whose members make up most
+    of that pool label's context."""
 
-    The context matters because HDBSCAN (without allow_single_cluster) never returns its root: a
-    pool holding a single new pattern and scattered noise would yield no cluster at all. Among
-    the assigned points the pattern is one dense region of several. Clusters that are mostly context
-    are the existing clusters again and are dropped. `name_clusters(rows, labels)` gives each kept
-    label its key (rows index `features`). Returns the keyed model when it found emerging clusters,
-    so later runs can offer points to it too.
+    model: PHDBSCAN
+    rows: np.ndarray
+    from_pool: np.ndarray
+    emerging: list[int]
+    joins: dict[int, object]
+
+
+def recluster_pool(features: np.ndarray, owner: np.ndarray, model: PHDBSCAN, min_points: int,
+                   context_share: float = 1.0) -> PoolClusters | None:
+    """Fit `model` on the points whose `owner` is None (the pool), beside a sample of owned points as context.
+
+    The context matters because HDBSCAN (without allow_single_cluster) never returns its root: a pool
+    holding a single new pattern and scattered noise would yield no cluster at all. Among the owned points
+    the pattern is one dense region of several. A cluster made at least half of pool points is emerging.
+    One made mostly of context is an existing cluster found again: when more than half of its context
+    members belong to one existing cluster, its pool points join that cluster (else they stay noise).
+    They are members of a fitted cluster, as any cluster's members are; `assign_to_chain`'s gate is for
+    predicted points, which attach at their own density level, below the cluster's birth.
     """
-    pool = np.flatnonzero(assignment.noise)
+    noise = np.array([o is None for o in owner], dtype=bool)
+    pool = np.flatnonzero(noise)
     if pool.size < min_points:
         return None
-    assigned = np.flatnonzero(~assignment.noise)
+    assigned = np.flatnonzero(~noise)
     take = min(assigned.size, int(context_share * pool.size))
     context = assigned[np.linspace(0, assigned.size - 1, take).astype(np.int64)] if take else assigned[:0]
     rows = np.concatenate([pool, context])
     model.fit(features[rows])
     labels = model.labels_
     from_pool = np.arange(rows.size) < pool.size
-    emerging = [c for c in np.unique(labels[labels >= 0]) if from_pool[labels == c].mean() >= 0.5]
-    if not emerging:
+    emerging, joins = [], {}
+    for c in np.unique(labels[labels >= 0]):
+        mine = labels == c
+        if from_pool[mine].mean() >= 0.5:
+            emerging.append(int(c))
+            continue
+        around = owner[rows[mine & ~from_pool]]
+        names = around.astype(str)
+        values, counts = np.unique(names, return_counts=True)
+        if counts.max() * 2 > around.size:
+            joins[int(c)] = around[np.flatnonzero(names == values[counts.argmax()])[0]]
+    return PoolClusters(model, rows, from_pool, emerging, joins)
+
+
+def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,
+                  name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]],
+                  context_share: float = 1.0, join_existing: bool = True) -> KeyedModel | None:
+    """Re-cluster the points still called noise (`recluster_pool`); emerging clusters' points join them, and,
+    with `join_existing`, pool points re-found with an existing cluster's members join that cluster (in place).
+
+    `name_clusters(rows, labels)` gives each emerging label its key (rows index `features`). Returns the keyed
+    model when it found emerging clusters, so later runs can offer points to it too.
+    """
+    found = recluster_pool(features, assignment.keys, model, min_points, context_share)
+    if found is None:
         return None
-    keep = np.isin(labels, emerging)
-    keys = name_clusters(rows[keep], labels[keep])
-    joined = keep & from_pool
+    labels, rows = found.model.labels_, found.rows
+    keys: dict[int, str] = {}
+    if found.emerging:
+        keep = np.isin(labels, found.emerging)
+        keys = name_clusters(rows[keep], labels[keep])
+    targets = {**(found.joins if join_existing else {}), **keys}
+    joined = found.from_pool & np.isin(labels, list(targets))
     rows_joined = rows[joined]
-    assignment.keys[rows_joined] = [keys[int(c)] for c in labels[joined]]
+    assignment.keys[rows_joined] = [targets[int(c)] for c in labels[joined]]
     assignment.probabilities[rows_joined] = model.probabilities_[joined]
     assignment.outlier_scores[rows_joined] = model.outlier_scores_[joined]
     assignment.persistence.update({k: float(model.cluster_persistence_[c]) for c, k in keys.items()})
-    return KeyedModel(model, keys)
+    return KeyedModel(model, keys) if keys else None

@@ -4,9 +4,10 @@ and explain each with SQL rules and a narrative.
     for each day in the window: sequences (build-sequences) -> embeddings (embed)      [reused when published]
     transactions(window) --validate--+
     sequence_embeddings(window) -----+--> hybrid features
-        --> full:        pHDBSCAN over the window, clusters matched to the previous run (lineage)
+        --> full:        pHDBSCAN over the window, its noise -> pHDBSCAN again (finer), clusters matched to the
+                         previous run (lineage)
             incremental: earlier assignments kept, new transactions -> pHDBSCAN predict,
-                         noise -> pHDBSCAN again (emerging clusters)
+                         noise -> pHDBSCAN again, finer (emerging clusters, or joins to existing ones)
         --> cluster risk --> flagged --> rules (beam search over expert-feature predicates)
         --> rule metrics by DuckDB over the lake --> narratives
         --> txn_clusters, clusters (with lineage status), cluster_rules, clustering state --> publish
@@ -250,11 +251,16 @@ class ClusteringRun:
                              f"need at least {self.cfg.min_cluster_size}")
         return txns, embeddings
 
-    def _new_model(self, window_size: int, selection: str | None = None) -> PHDBSCAN:
+    def _new_model(self, window_size: int, selection: str | None = None, min_samples: int | None = None) -> PHDBSCAN:
         cfg = self.cfg
         max_size = max(cfg.min_cluster_size, int(cfg.max_cluster_share * window_size)) if cfg.max_cluster_share > 0 else 0
-        return PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
+        return PHDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=min_samples or cfg.min_samples,
                         cluster_selection_method=selection or cfg.cluster_selection_method, max_cluster_size=max_size)
+
+    def _pool_model(self, window_size: int) -> PHDBSCAN:
+        """The noise pool's re-cluster: leaf selection at the finer density scale (operators/assignment.py)."""
+        return self._new_model(window_size, self.cfg.emerging_selection_method,
+                               min(self.cfg.emerging_min_samples, self.cfg.min_samples))
 
     def _shards(self, window_size: int) -> int:
         """`clusters.shards`, or one shard per `shard_above` points of the window."""
@@ -301,6 +307,7 @@ class ClusteringRun:
         """pHDBSCAN over the whole window; clusters that continue the previous run's keep their keys."""
         cfg, run = self.cfg, self.run
         model, fit = self._fit(features)
+        fit, found, first, pool = self._cluster_own_noise(features, fit)
         labels = fit.labels
         keys = cluster_keys(ids, labels, run.partition)
         if self.previous is not None:
@@ -309,12 +316,47 @@ class ClusteringRun:
             keys.update(match_clusters(overlap, self.states.centroids(self.previous), centroids(features, labels),
                                        LineageParams(cfg.lineage_min_overlap, cfg.lineage_max_centroid_distance,
                                                      cfg.lineage_size_tolerance)))
-        run.metrics["assignment"] = {"reclustered": int(features.shape[0]), "clusters": len(keys)}
+        run.metrics["assignment"] = {"reclustered": int(features.shape[0]), "clusters": len(keys), **pool}
         assignment = Assignment(np.array([keys.get(int(c)) for c in labels], dtype=object), fit.probabilities,
                                 fit.outlier_scores, {k: float(fit.persistence[c]) for c, k in keys.items()})
         if model is None:  # sharded: no model on the driver to predict with, so no chain to continue
             return assignment, []
-        return assignment, [self.states.save_model(run, "model-base", model, keys)]
+        chain = [self.states.save_model(run, "model-base", model, {c: k for c, k in keys.items() if c < first})]
+        emerging = {c: keys[label] for c, label in found.keys.items()} if found is not None else {}
+        if emerging:
+            chain.append(self.states.save_model(run, "model-emerging", found.model, emerging))
+        return assignment, chain
+
+    def _cluster_own_noise(self, features: np.ndarray,
+                           fit: FitOutcome) -> tuple[FitOutcome, KeyedModel | None, int, dict[str, Any]]:
+        """The full fit's noise clustered again as an incremental run's pool is (operators/assignment.py).
+
+        Returns the fit with the pool's emerging clusters as labels after the fit's own (from the first
+        label returned) and its joins, the pool's keyed model, and metrics. Skipped, with a warning, when
+        the pool's fit would exceed the driver's memory cap."""
+        cfg = self.cfg
+        n, dim = features.shape
+        pool, first = int((fit.labels < 0).sum()), int(fit.labels.max()) + 1
+        model = self._pool_model(n)
+        rows, k = pool + min(n - pool, pool), max(model.min_samples + 1, model.knn_k or 16)
+        cap = int(cfg.driver_memory_gb * GiB) or None
+        if cap is not None and single_node_peak(rows, dim, k) > cap:
+            log.warning("the noise pool (%d points) stays noise: its re-cluster would exceed "
+                        "clusters.driver_memory_gb = %s", pool, cfg.driver_memory_gb)
+            return fit, None, first, {"noise_pool": pool, "pool_reclustered": False}
+        owned = Assignment(np.array([int(c) if c >= 0 else None for c in fit.labels], dtype=object),
+                           fit.probabilities.copy(), fit.outlier_scores.copy(),
+                           {c: float(p) for c, p in enumerate(fit.persistence)})
+        with MemoryCap(cap, what="the noise pool's re-cluster"):
+            found = cluster_noise(features, owned, model, cfg.min_cluster_size,
+                                  lambda rows, labels: {int(c): first + i for i, c in enumerate(np.unique(labels))})
+        labels = np.array([-1 if c is None else c for c in owned.keys], dtype=np.int64)
+        placed = pool - int((labels < 0).sum())
+        in_emerging = int(np.isin(labels, list(found.keys.values())).sum()) if found else 0
+        metrics = {"noise_pool": pool, "pool_reclustered": True, "emerging_clusters": len(found.keys) if found else 0,
+                   "emerging_members": placed, "joined_from_pool": placed - in_emerging}
+        persistence = np.array([owned.persistence.get(c, 0.0) for c in range(int(labels.max()) + 1)])
+        return FitOutcome(labels, owned.probabilities, owned.outlier_scores, persistence), found, first, metrics
 
     def _cluster_incremental(self, ids: pa.ChunkedArray,
                              features: np.ndarray) -> tuple[Assignment, list[dict[str, Any]]]:
@@ -339,17 +381,17 @@ class ClusteringRun:
                                                                predicted.outlier_scores)
         assignment = Assignment(keys, probabilities, outlier_scores, predicted.persistence)
         pool = int(assignment.noise.sum())
-        emerging = cluster_noise(features, assignment, self._new_model(n, self.cfg.emerging_selection_method),
-                                 self.cfg.min_cluster_size,
+        emerging = cluster_noise(features, assignment, self._pool_model(n), self.cfg.min_cluster_size,
                                  lambda rows, labels: cluster_keys(ids.take(pa.array(rows)), labels, run.partition))
         if emerging is not None:
             chain_refs.append(self.states.save_model(run, "model-emerging", emerging.model, emerging.keys))
         emerging_sizes = ({key: int((keys == key).sum()) for key in emerging.keys.values()} if emerging else {})
+        placed = pool - int(assignment.noise.sum())  # pool points the re-cluster placed: emerging, or joined
         run.metrics["assignment"] = {
             "carried": int(carried.sum()), "new": int(new.size), "joined_existing": int((~predicted.noise).sum()),
             "refused_by_gate": int(predicted.refused.sum()), "noise_pool": pool,
-            "emerging_clusters": len(emerging_sizes), "emerging_members": pool - int(assignment.noise.sum()),
-            "emerging_sizes": emerging_sizes,
+            "emerging_clusters": len(emerging_sizes), "emerging_members": placed,
+            "joined_from_pool": placed - sum(emerging_sizes.values()), "emerging_sizes": emerging_sizes,
         }
         log.info("incremental: %d new transactions, %d joined existing clusters, %d refused by the gate; "
                  "noise pool %d -> %d emerging clusters %s", new.size, int((~predicted.noise).sum()),

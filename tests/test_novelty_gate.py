@@ -116,3 +116,36 @@ def test_pure_fraud_clusters_are_flagged_even_where_labels_are_mostly_chargeback
     risk = cluster_risk(clusters, label, np.zeros(300, bool), np.ones(300), np.ones(3), RiskThresholds())
     assert risk.column("flagged").to_pylist() == [True, False, False]
     assert required_lift(3.0, 0.4) == 1.75 and required_lift(3.0, 0.05) == 3.0
+
+
+def test_pool_points_found_again_with_an_existing_clusters_members_join_that_cluster():
+    from lakelens.operators.assignment import Assignment
+
+    rng = np.random.default_rng(0)
+    window = np.vstack([rng.normal(0, 0.3, (400, 4)), rng.normal([6, 0, 0, 0], 0.3, (400, 4))])
+    model = PHDBSCAN(min_cluster_size=25, min_samples=10).fit(window)
+    halo = rng.normal(0, 0.45, (40, 4))  # today's points of the first cluster's pattern, left as noise
+    features = np.vstack([window, halo, rng.uniform(-12, 12, (300, 4))])
+    carried = np.array([f"ck-{c}" if c >= 0 else None for c in model.labels_], dtype=object)
+    for join in (True, False):
+        assignment = Assignment(np.concatenate([carried, np.full(340, None, dtype=object)]), np.zeros(len(features)),
+                                np.ones(len(features)), {})
+        found = cluster_noise(features, assignment, PHDBSCAN(min_cluster_size=25, min_samples=5,
+                                                             cluster_selection_method="leaf"), 25,
+                              lambda rows, labels: {int(c): f"new-{c}" for c in np.unique(labels)}, join_existing=join)
+        assert found is None  # nothing new here: the halo is the first cluster's, found again with its members
+        joined = assignment.keys[len(window):len(window) + 40]
+        assert all(k == carried[0] for k in joined) if join else all(k is None for k in joined)
+        assert set(assignment.keys[len(window):]) <= set(carried) | {None}
+
+
+def test_the_pool_is_clustered_at_a_finer_density_scale_by_default():
+    import pydantic
+    import pytest
+
+    from lakelens.infra.config import ClusterConfig
+
+    cfg = ClusterConfig()
+    assert cfg.emerging_min_samples == 5 < cfg.min_samples and cfg.emerging_selection_method == "leaf"
+    with pytest.raises(pydantic.ValidationError):
+        ClusterConfig(emerging_min_samples=0)
