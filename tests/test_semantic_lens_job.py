@@ -322,3 +322,32 @@ def test_an_auditor_runs_the_lens_from_python_on_an_in_memory_model_and_a_folder
     assert result.sql("SELECT count(*) AS n FROM components WHERE model_id = 'from-python'").column("n")[0].as_py() == 32
     assert result.search("red", top=3).num_rows == 3
     assert Path(result.report).exists()
+
+
+def test_a_timm_vit_runs_end_to_end_at_224_pixels_with_its_own_transforms_and_attn_lrp_crops(lens_lake, tmp_path):
+    """The job's actors on a transformer: timm's data config takes the 32-pixel images to 224, MLP neurons
+    are the components, AttnLRP gives their relevance, and CRP crops come from neuron-conditioned heatmaps."""
+    import timm
+    import torch
+
+    from lakelens.pipelines.lens_api import audit_model
+
+    lake, _ = lens_lake
+    world = lens_config_for_world(MODEL)
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, patch_size=32, depth=2,
+                            embed_dim=48, num_heads=3).eval()
+    table = lake.read_table(lake.list_files("images", suffix=".parquet")[0].path).slice(0, 96)
+    lake.write_table("vit-images/part-0.parquet", table)
+    result = audit_model(vit, "vit-images", lake=lake.root_uri, model_id="vit-224", layers=["blocks.1.mlp.act"],
+                         class_names=world["class_names"], top_k=3, preprocess="timm",
+                         foundation=world["foundation"], foundation_weights=world["foundation_weights"],
+                         vocabulary=world["vocabulary"])
+    metrics = result.manifest["metrics"]
+    assert result.components.num_rows == 4 * 48
+    assert metrics["components"]["images"] == 96
+    # the MLP neurons carry part of the relevance; the residual stream carries the rest around them
+    assert 0 < abs(metrics["components"]["relevance_conservation"]["blocks.1.mlp.act"]) < 1.5
+    boxes = result.sql("SELECT crop_box FROM component_examples WHERE model_id = 'vit-224' AND crop_box IS NOT NULL")
+    assert boxes.num_rows > 0
+    assert all(0 <= b[0] < b[2] <= 224 and 0 <= b[1] < b[3] <= 224 for b in boxes.column("crop_box").to_pylist())

@@ -108,6 +108,10 @@ def load_pickled_module(data: bytes | str) -> nn.Module:
     """Only for files the auditor wrote: unpickling runs code."""
     import pickle
 
+    from lakelens.operators.lens.compat import import_torchvision
+
+    import_torchvision()  # a torchvision or timm model's classes import torchvision while unpickling
+
     if isinstance(data, str):
         with open(data, "rb") as handle:
             data = handle.read()
