@@ -11,7 +11,9 @@ passed against it unchanged (at e352acb). Regenerated when daily runs learned th
 session timing, the never-seen event signature and the capped lift bar, which change the encoder
 and the clusters on purpose; train-encoder now publishes a run of its own. Regenerated again when the
 clustering features gained the session-regularity block (timing_weight): only the behaviour-clusters
-tables changed (13 -> 12 clusters on day 3).
+tables changed (13 -> 12 clusters on day 3). Regenerated when the noise pool came to be re-clustered at a
+finer density scale in full runs as in incremental ones (emerging_min_samples): only the behaviour-clusters
+tables changed (12 -> 14 clusters on both days).
 """
 
 from __future__ import annotations

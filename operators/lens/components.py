@@ -141,6 +141,24 @@ class LayerStats:
     class_positive: np.ndarray  # (classes, components): summed positive relevance
     activation_sum: np.ndarray  # (components,)
 
+    def __getstate__(self) -> dict:
+        """Pickled with only the class rows that hold relevance: a batch of 32 images touches at most 32 of a
+        1,000-class model's rows, and each actor's batch travels to the driver pickled (dense: 49 MB a
+        batch for resnet50's layer3 + layer4, which made 5,000 images peak at 19 GiB)."""
+        state = dict(self.__dict__)
+        rows = np.flatnonzero(self.class_relevance.any(axis=1) | self.class_positive.any(axis=1))
+        state["class_relevance"] = (self.class_relevance.shape, rows, self.class_relevance[rows])
+        state["class_positive"] = (self.class_positive.shape, rows, self.class_positive[rows])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in ("class_relevance", "class_positive"):
+            shape, rows, values = state[name]
+            dense = np.zeros(shape)
+            dense[rows] = values
+            state[name] = dense
+        self.__dict__.update(state)
+
     def merge(self, other: "LayerStats") -> "LayerStats":
         return LayerStats(self.by_activation.merge(other.by_activation), self.by_relevance.merge(other.by_relevance),
                           self.class_relevance + other.class_relevance, self.class_positive + other.class_positive,
