@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,9 @@ def _recorder(lake: Lake, cfg: LensConfig, use_gpu: bool) -> tuple[ComponentReco
                              cfg.relevance), inputs, device
 
 
+DECODE_PARTS = 4  # stage 1 decodes part k + 1 of a batch while the model computes part k
+
+
 def _labels(batch: pa.Table) -> np.ndarray:
     return pc.fill_null(batch.column("label"), -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -81,26 +84,49 @@ class ComponentStatsActor:
 
         from lakelens.operators.lens.semantics import SampleRelevance
 
-        images, keep, reasons = [], [], []
-        for i, data in enumerate(batch.column("image").to_pylist()):
-            try:
-                images.append(self.inputs.view(data))
-                keep.append(i)
-            except ValueError as exc:
-                reasons.append((i, f"undecodable:image ({exc})"[:200]))
-        self._quarantine(batch, reasons)
         self.recorder.stats = None
-        samples = SampleRelevance()
-        if keep:
-            kept = batch.take(pa.array(keep))
-            ids = kept.column("sample_id").to_pylist()
-            x = self.inputs.tensor(np.stack(images)).to(self.device)
+        samples, reasons = SampleRelevance(), []
+        labels = _labels(batch)
+        for rows, views, undecodable in self._decoded_ahead(batch):
+            reasons += undecodable
+            if not rows:
+                continue
+            ids = batch.column("sample_id").take(pa.array(rows)).to_pylist()
+            x = self.inputs.tensor(np.stack(views)).to(self.device)
             with torch.enable_grad():
-                target, relevance = self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, _labels(kept))
+                target, relevance = self.recorder.record(x, np.array([sample_key(s) for s in ids]), ids, labels[rows])
             audited = np.flatnonzero(np.isin(target, self.audited))
             if len(audited):
                 samples.add([ids[i] for i in audited], target[audited], {n: r[audited] for n, r in relevance.items()})
+        self._quarantine(batch, reasons)
         return pa.table({"stats": pa.array([pickle.dumps((self.recorder.stats, samples))], pa.binary())})
+
+    def _decoded_ahead(self, batch: pa.Table) -> Iterator[tuple[list[int], list[np.ndarray], list[tuple[int, str]]]]:
+        """The batch in DECODE_PARTS parts, each decoded and resized on a thread while the model computes the
+        part before it (PIL and torch release the GIL), so decoding overlaps the model's compute. Yields each
+        part's decoded rows, their views, and its undecodable rows with their reasons."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        data = batch.column("image").to_pylist()
+        size = max(1, -(-len(data) // DECODE_PARTS))
+        parts = [range(start, min(start + size, len(data))) for start in range(0, len(data), size)]
+
+        def decode(part: range) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
+            rows, views, undecodable = [], [], []
+            for i in part:
+                try:
+                    views.append(self.inputs.view(data[i]))
+                    rows.append(i)
+                except ValueError as exc:
+                    undecodable.append((i, f"undecodable:image ({exc})"[:200]))
+            return rows, views, undecodable
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(decode, part) for part in parts[:1]]
+            for k in range(len(parts)):
+                if k + 1 < len(parts):
+                    pending.append(pool.submit(decode, parts[k + 1]))
+                yield pending[k].result()
 
     def _quarantine(self, batch: pa.Table, reasons: list[tuple[int, str]]) -> None:
         if not reasons:
