@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import numpy as np
 
@@ -15,15 +16,14 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
-    """uint8 RGB array; raises ValueError for bytes that are not an image."""
+def decode_image(data: bytes, geometry: Callable | None = None) -> np.ndarray:
+    """uint8 RGB array (writable), reshaped by `geometry` (PIL image -> PIL image) when given; raises
+    ValueError for bytes that are not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             rgb = img.convert("RGB")
-            if size is not None and rgb.size != (size, size):
-                rgb = rgb.resize((size, size))
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.array(geometry(rgb) if geometry is not None else rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"undecodable image: {exc}") from exc

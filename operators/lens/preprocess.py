@@ -15,13 +15,15 @@ geometric view (what the model sees, in pixels) while the model gets the normali
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from lakelens.operators.lens.codec import decode_image
+from lakelens.operators.lens.models import to_tensor
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
@@ -38,13 +40,7 @@ class ModelInput:
     def view(self, data: bytes) -> np.ndarray:
         """uint8 (size, size, 3): the image as the model sees it, before normalisation; ValueError if the bytes
         are not an image."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return np.array(self._geometry(img.convert("RGB")), dtype=np.uint8)  # writable, for torch
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"undecodable image: {exc}") from exc
+        return decode_image(data, self._geometry)
 
     def _geometry(self, rgb):
         from PIL import Image
@@ -65,7 +61,7 @@ class ModelInput:
 
     def tensor(self, views: np.ndarray) -> torch.Tensor:
         """(n, h, w, 3) uint8 views -> (n, 3, h, w) float, normalised as the model was trained."""
-        x = torch.as_tensor(views).permute(0, 3, 1, 2).float().div(255.0)
+        x = to_tensor(views)
         if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0):
             return x
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
