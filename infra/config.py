@@ -176,6 +176,10 @@ class ClusterConfig:
     # ... at this finer density scale (at most min_samples): patterns of a few dozen transactions, sparser
     # than the big groups, dissolve into their surroundings when core distances reach min_samples neighbours
     emerging_min_samples: PosInt = 5
+    # noise left after that re-cluster joins the cluster that holds at least this share of its min_samples
+    # nearest neighbours (the fringe of a group that HDBSCAN leaves as noise below a capped or leaf cluster;
+    # operators/assignment.attach_to_neighbours); 0 leaves all of it noise
+    attach_share: Share = 0.5
     # an incremental cluster counts as emerging when new, or grown by at least this factor
     emerging_growth: Annotated[float, Field(ge=1)] = 1.5
     # scale-out (docs/scale_out.md): pHDBSCAN over this many Ray shard actors that read their rows from the

@@ -44,6 +44,7 @@ class Assignment:
     outlier_scores: np.ndarray
     persistence: dict[str, float]  # per key, from the model that owns it
     refused: np.ndarray | None = None  # bool: predicted into a cluster, but less typical than its members
+    attached: int = 0  # noise points that joined a cluster through their neighbours (`attach_to_neighbours`)
 
     @property
     def noise(self) -> np.ndarray:
@@ -110,7 +111,7 @@ class PoolClusters:
 
 
 def recluster_pool(features: np.ndarray, owner: np.ndarray, model: PHDBSCAN, min_points: int,
-                   context_share: float = 1.0) -> PoolClusters | None:
+                   context_share: float = 1.0, keep_graph: bool = False) -> PoolClusters | None:
     """Fit `model` on the points whose `owner` is None (the pool), beside a sample of owned points as context.
 
     The context matters because HDBSCAN (without allow_single_cluster) never returns its root: a pool
@@ -129,7 +130,7 @@ def recluster_pool(features: np.ndarray, owner: np.ndarray, model: PHDBSCAN, min
     take = min(assigned.size, int(context_share * pool.size))
     context = assigned[np.linspace(0, assigned.size - 1, take).astype(np.int64)] if take else assigned[:0]
     rows = np.concatenate([pool, context])
-    model.fit(features[rows])
+    model.fit(features[rows], keep_graph=keep_graph)
     labels = model.labels_
     from_pool = np.arange(rows.size) < pool.size
     emerging, joins = [], {}
@@ -148,14 +149,17 @@ def recluster_pool(features: np.ndarray, owner: np.ndarray, model: PHDBSCAN, min
 
 def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,
                   name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]],
-                  context_share: float = 1.0, join_existing: bool = True) -> KeyedModel | None:
+                  context_share: float = 1.0, join_existing: bool = True,
+                  attach_share: float = 0.0, attach_neighbours: int = 10) -> KeyedModel | None:
     """Re-cluster the points still called noise (`recluster_pool`); emerging clusters' points join them, and,
     with `join_existing`, pool points re-found with an existing cluster's members join that cluster (in place).
+    With `attach_share` > 0, the pool points still noise after that go through `attach_to_neighbours`
+    (over their `attach_neighbours` nearest rows).
 
     `name_clusters(rows, labels)` gives each emerging label its key (rows index `features`). Returns the keyed
     model when it found emerging clusters, so later runs can offer points to it too.
     """
-    found = recluster_pool(features, assignment.keys, model, min_points, context_share)
+    found = recluster_pool(features, assignment.keys, model, min_points, context_share, keep_graph=attach_share > 0)
     if found is None:
         return None
     labels, rows = found.model.labels_, found.rows
@@ -170,4 +174,64 @@ def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN,
     assignment.probabilities[rows_joined] = model.probabilities_[joined]
     assignment.outlier_scores[rows_joined] = model.outlier_scores_[joined]
     assignment.persistence.update({k: float(model.cluster_persistence_[c]) for c, k in keys.items()})
+    if attach_share > 0:
+        attach_to_neighbours(features, found, assignment, attach_share, attach_neighbours)
+        model.knn_graph_ = None  # n x k arrays; the model lives on in the chain
     return KeyedModel(model, keys) if keys else None
+
+
+def attach_to_neighbours(features: np.ndarray, found: PoolClusters, assignment: Assignment,
+                         share: float, neighbours: int) -> np.ndarray:
+    """Pool points still noise join the cluster that holds at least `share` of their `neighbours` nearest
+    fitted rows.
+
+    HDBSCAN calls noise every point that left a cluster's branch before the selected cluster was born; with
+    clusters capped in size (selection below the root) or `leaf` selection, that is the whole fringe of a
+    group, not only points between groups. A point whose neighbourhood (its nearest rows of the pool
+    fit: pool and context) is mostly one cluster's members sits in that cluster's fringe and
+    joins it, with probability 0 and its outlier score kept; a point among noise or between clusters
+    stays noise. Returns the rows (indexing `assignment`) that joined.
+    """
+    model = found.model
+    still = np.flatnonzero(found.from_pool)
+    still = still[np.array([k is None for k in assignment.keys[found.rows[still]]], dtype=bool)]
+    k = min(neighbours, found.rows.size - 1)
+    if still.size == 0 or k < 1:
+        return still[:0]
+    graph = getattr(model, "knn_graph_", None)
+    if graph is not None and graph.indices.shape[1] > k:  # the fit's own graph: no second search
+        nearest = graph.indices[still, :k + 1]
+    else:
+        _, nearest = model.kneighbors(features[found.rows[still]], k + 1)
+    owners = assignment.keys[found.rows[_without_self(nearest, still, k)]]  # (points, k): a key or None
+    names = np.where(owners == None, "", owners).astype(str)  # noqa: E711 (elementwise)
+    best, votes = majority(names)
+    joins = (best != "") & (votes >= share * k)
+    rows = found.rows[still[joins]]
+    assignment.keys[rows] = owners[joins][np.arange(int(joins.sum())), _first_of(names[joins], best[joins])]
+    assignment.probabilities[rows] = 0.0
+    assignment.attached += rows.size
+    return rows
+
+
+def _without_self(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(points, k + 1) neighbour rows of training rows `rows` -> their first k other rows."""
+    others = neighbours != rows[:, None]
+    others[others.sum(axis=1) > k, -1] = False  # self not found among them (ties): drop the farthest
+    return neighbours[others].reshape(rows.size, k)
+
+
+def majority(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a (points, k) string array: the most frequent non-empty value and its count."""
+    best = np.full(names.shape[0], "", dtype=names.dtype)
+    votes = np.zeros(names.shape[0], dtype=np.int64)
+    for column in range(names.shape[1]):
+        candidate = names[:, column]
+        count = (names == candidate[:, None]).sum(axis=1)
+        better = (candidate != "") & (count > votes)
+        best[better], votes[better] = candidate[better], count[better]
+    return best, votes
+
+
+def _first_of(names: np.ndarray, value: np.ndarray) -> np.ndarray:
+    return np.argmax(names == value[:, None], axis=1)

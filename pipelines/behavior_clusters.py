@@ -349,12 +349,14 @@ class ClusteringRun:
                            {c: float(p) for c, p in enumerate(fit.persistence)})
         with MemoryCap(cap, what="the noise pool's re-cluster"):
             found = cluster_noise(features, owned, model, cfg.min_cluster_size,
-                                  lambda rows, labels: {int(c): first + i for i, c in enumerate(np.unique(labels))})
+                                  lambda rows, labels: {int(c): first + i for i, c in enumerate(np.unique(labels))},
+                                  attach_share=cfg.attach_share, attach_neighbours=cfg.min_samples)
         labels = np.array([-1 if c is None else c for c in owned.keys], dtype=np.int64)
         placed = pool - int((labels < 0).sum())
         in_emerging = int(np.isin(labels, list(found.keys.values())).sum()) if found else 0
         metrics = {"noise_pool": pool, "pool_reclustered": True, "emerging_clusters": len(found.keys) if found else 0,
-                   "emerging_members": placed, "joined_from_pool": placed - in_emerging}
+                   "emerging_members": placed, "joined_from_pool": placed - in_emerging,
+                   "attached_to_neighbours": owned.attached}
         persistence = np.array([owned.persistence.get(c, 0.0) for c in range(int(labels.max()) + 1)])
         return FitOutcome(labels, owned.probabilities, owned.outlier_scores, persistence), found, first, metrics
 
@@ -382,7 +384,8 @@ class ClusteringRun:
         assignment = Assignment(keys, probabilities, outlier_scores, predicted.persistence)
         pool = int(assignment.noise.sum())
         emerging = cluster_noise(features, assignment, self._pool_model(n), self.cfg.min_cluster_size,
-                                 lambda rows, labels: cluster_keys(ids.take(pa.array(rows)), labels, run.partition))
+                                 lambda rows, labels: cluster_keys(ids.take(pa.array(rows)), labels, run.partition),
+                                 attach_share=self.cfg.attach_share, attach_neighbours=self.cfg.min_samples)
         if emerging is not None:
             chain_refs.append(self.states.save_model(run, "model-emerging", emerging.model, emerging.keys))
         emerging_sizes = ({key: int((keys == key).sum()) for key in emerging.keys.values()} if emerging else {})
@@ -391,7 +394,8 @@ class ClusteringRun:
             "carried": int(carried.sum()), "new": int(new.size), "joined_existing": int((~predicted.noise).sum()),
             "refused_by_gate": int(predicted.refused.sum()), "noise_pool": pool,
             "emerging_clusters": len(emerging_sizes), "emerging_members": placed,
-            "joined_from_pool": placed - sum(emerging_sizes.values()), "emerging_sizes": emerging_sizes,
+            "joined_from_pool": placed - sum(emerging_sizes.values()), "attached_to_neighbours": assignment.attached,
+            "emerging_sizes": emerging_sizes,
         }
         log.info("incremental: %d new transactions, %d joined existing clusters, %d refused by the gate; "
                  "noise pool %d -> %d emerging clusters %s", new.size, int((~predicted.noise).sum()),

@@ -149,3 +149,53 @@ def test_the_pool_is_clustered_at_a_finer_density_scale_by_default():
     assert cfg.emerging_min_samples == 5 < cfg.min_samples and cfg.emerging_selection_method == "leaf"
     with pytest.raises(pydantic.ValidationError):
         ClusterConfig(emerging_min_samples=0)
+
+
+def test_noise_in_a_clusters_fringe_joins_it_through_its_neighbours_and_noise_between_groups_stays_noise():
+    from lakelens.operators.assignment import Assignment, PoolClusters, attach_to_neighbours
+
+    rng = np.random.default_rng(3)
+    members = rng.normal(0, 0.3, (200, 2))  # an existing cluster (the pool fit's context)
+    others = rng.normal([6, 0], 0.3, (200, 2))  # another one
+    angles = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    fringe = 0.5 * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # noise on the first cluster's edge
+    between = np.array([[3.0, 0.0], [3.0, 0.4]])  # noise as far from both
+    lonely = rng.uniform(20, 30, (12, 2))  # noise among noise
+    features = np.vstack([fringe, between, lonely, members, others])
+    pool = 6 + 2 + 12
+    model = PHDBSCAN(min_cluster_size=25, min_samples=5).fit(features)
+    keys = np.array([None] * pool + ["a"] * 200 + ["b"] * 200, dtype=object)
+    assignment = Assignment(keys.copy(), np.ones(len(features)), np.ones(len(features)), {})
+    found = PoolClusters(model, np.arange(len(features)), np.arange(len(features)) < pool, [], {})
+
+    joined = attach_to_neighbours(features, found, assignment, share=0.5, neighbours=5)
+
+    assert list(joined) == list(range(6)) and assignment.attached == 6
+    assert set(assignment.keys[:6]) == {"a"} and (assignment.probabilities[:6] == 0).all()
+    assert all(k is None for k in assignment.keys[6:pool])
+    assert list(assignment.keys[pool:]) == list(keys[pool:])  # members are never moved
+    # the same answer from the fit's own kNN graph as from a second search
+    model.fit(features, keep_graph=True)
+    again = Assignment(keys.copy(), np.ones(len(features)), np.ones(len(features)), {})
+    assert list(attach_to_neighbours(features, found, again, share=0.5, neighbours=5)) == list(joined)
+
+
+def test_attach_share_zero_leaves_the_pools_noise_as_noise():
+    from lakelens.infra.config import ClusterConfig
+
+    assert ClusterConfig().attach_share == 0.5
+    loose, dense, _, rng = _world()
+    features = np.vstack([loose, dense, rng.uniform(-15, 15, (200, 4))])
+    model = PHDBSCAN(min_cluster_size=25, min_samples=10).fit(features)
+    carried = np.array([f"k{c}" if c >= 0 else None for c in model.labels_], dtype=object)
+    left = {}
+    for share in (0.0, 0.5):
+        from lakelens.operators.assignment import Assignment
+
+        assignment = Assignment(carried.copy(), np.zeros(len(features)), np.ones(len(features)), {})
+        cluster_noise(features, assignment, PHDBSCAN(min_cluster_size=25, min_samples=5,
+                                                     cluster_selection_method="leaf"), 25,
+                      lambda rows, labels: {int(c): f"new-{c}" for c in np.unique(labels)}, attach_share=share)
+        left[share] = int(assignment.noise.sum())
+        assert (assignment.attached == 0) == (share == 0.0)
+    assert left[0.5] < left[0.0]

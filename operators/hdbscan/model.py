@@ -159,6 +159,7 @@ class HDBSCANResult:
     joins: JoinReport = field(default_factory=JoinReport)  # how kNN-graph components were joined
     spanning_tree: np.ndarray | None = None  # (n - 1, 3) rows (a, b, weight), when asked for
     knn: knn_mod.KnnReport | None = None  # the graph's measured recall (None: a graph the caller gave)
+    knn_graph: knn_mod.KnnGraph | None = None  # the graph itself, when the fit was asked to keep it
 
 
 def prepare_data(X, metric: str = "euclidean", check_finite: bool = True) -> np.ndarray:
@@ -224,6 +225,7 @@ class SpanningTree:
     joins: JoinReport = field(default_factory=JoinReport)
     timings: dict[str, float] = field(default_factory=dict)
     knn: knn_mod.KnnReport | None = None
+    graph: knn_mod.KnnGraph | None = None  # the kNN graph it was built from (kept only when asked, see _finish)
 
 
 def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None = None) -> SpanningTree:
@@ -283,7 +285,7 @@ def spanning_tree(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None
                      certified=joins.certified, budgeted=joins.budgeted)
         timings["joins"] = time.perf_counter() - step_started
     timings["mst"] = time.perf_counter() - started  # core distances, forest and joins together
-    return SpanningTree(core, a, b, w, joins, timings, graph.report)
+    return SpanningTree(core, a, b, w, joins, timings, graph.report, graph)
 
 
 class DisconnectedGraphError(ValueError):
@@ -352,12 +354,13 @@ def fit_backend(backend, params: HDBSCANParams, graph: knn_mod.KnnGraph | None =
 
 
 def _finish(n: int, tree: SpanningTree, params: HDBSCANParams, fit_started: float,
-            keep_spanning_tree: bool) -> HDBSCANResult:
+            keep_spanning_tree: bool, keep_graph: bool = False) -> HDBSCANResult:
     started = time.perf_counter()
     result = hdbscan_from_mst(n, tree.a, tree.b, tree.w, tree.core, params)
     result.timings = {**tree.timings, "tree": time.perf_counter() - started}
     result.joins = tree.joins
     result.knn = tree.knn
+    result.knn_graph = tree.graph if keep_graph else None
     if keep_spanning_tree:
         result.spanning_tree = np.column_stack([tree.a, tree.b, tree.w]).astype(np.float64)
     log_step(log, "hdbscan fit", fit_started, points=n, clusters=len(result.selected_clusters),
@@ -381,7 +384,7 @@ def _trivial(n: int) -> HDBSCANResult:
 
 def _fit_input(kind: str, X, metric, metric_kwargs: dict[str, Any], params: HDBSCANParams, algorithm: str,
                leaf_size: int, n_jobs: int | None, core_rank: int | None, max_distance: float,
-               keep_spanning_tree: bool, graph=None):
+               keep_spanning_tree: bool, graph=None, keep_graph: bool = False):
     """Backend, spanning tree and clusters for one input; module-level so `memory` can cache it."""
     fit_started = time.perf_counter()
     params.check()
@@ -400,7 +403,7 @@ def _fit_input(kind: str, X, metric, metric_kwargs: dict[str, Any], params: HDBS
     if n < 2:
         return backend, _trivial(n)
     tree = spanning_tree(backend, params, graph)
-    return backend, _finish(n, tree, params, fit_started, keep_spanning_tree)
+    return backend, _finish(n, tree, params, fit_started, keep_spanning_tree, keep_graph)
 
 
 def _prepare_finite(X, metric: str) -> np.ndarray:
@@ -419,7 +422,10 @@ def _spanning_stage(kind, X, metric, metric_kwargs, params, algorithm, leaf_size
         backend = make_backend(X, metric, metric_kwargs, algorithm=algorithm, knn_method=params.knn_method,
                                device=params.device, nprobe=params.nprobe, seed=params.seed, leaf_size=leaf_size,
                                n_jobs=n_jobs, prepare=_prepare_finite, recall_target=params.knn_recall_target)
-    return backend, (spanning_tree(backend, params) if n >= 2 else None)
+    tree = spanning_tree(backend, params) if n >= 2 else None
+    if tree is not None:
+        tree.graph = None  # `memory` caches this stage: not n x k arrays nobody asked for
+    return backend, tree
 
 
 # -- the hdbscan library's estimator ----------------------------------------------------------------
@@ -622,20 +628,21 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
 
     # -- fit -----------------------------------------------------------------------------------------
 
-    def fit(self, X, y=None, graph: knn_mod.KnnGraph | None = None) -> "HDBSCAN":
+    def fit(self, X, y=None, graph: knn_mod.KnnGraph | None = None, keep_graph: bool = False) -> "HDBSCAN":
         """Cluster `X`: feature rows (dense or sparse), or distances with metric='precomputed'
         (a dense matrix, inf for missing, or a sparse kNN graph). Rows with NaN or inf are noise.
-        `graph` reuses a kNN graph of X (FAISS metrics)."""
+        `graph` reuses a kNN graph of X (FAISS metrics); `keep_graph` keeps the graph the fit built as
+        `knn_graph_` (rows: the finite rows of X, nearest first, each row itself included), else None."""
         if isinstance(y, knn_mod.KnnGraph):  # the older positional form fit(X, graph)
             graph, y = y, None
         self._check_params()
         kind, X = check_input(X, self.metric)
-        self._fit_checked(kind, X, graph=graph)
+        self._fit_checked(kind, X, graph=graph, keep_graph=keep_graph)
         return self
 
     def _fit_checked(self, kind: str, X, graph=None, min_samples_offset: int = 0, core_rank: int | None = None,
                      max_distance: float | None = None, algorithm: str | None = None, n_jobs: int | None = None,
-                     on_disconnected: str | None = None) -> None:
+                     on_disconnected: str | None = None, keep_graph: bool = False) -> None:
         """The fit shared with the scikit-learn facade (which shifts min_samples by one)."""
         params = self.params
         if min_samples_offset and params.min_samples is not None:
@@ -667,7 +674,8 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
                     _finish(clean.shape[0], tree, params, time.perf_counter(), keep_tree)
             else:
                 backend, result = _fit_input(kind, clean, metric, self._metric_params(), params, algorithm,
-                                             self.leaf_size, n_jobs, core_rank, max_distance, keep_tree, graph)
+                                             self.leaf_size, n_jobs, core_rank, max_distance, keep_tree, graph,
+                                             keep_graph)
         except DisconnectedGraphError as exc:
             if on_disconnected:
                 raise ValueError(on_disconnected.format(components=exc.components)) from None
@@ -679,6 +687,7 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
                           "are missing too many distances in the initial distance matrix for the given "
                           "neighborhood size.", UserWarning)
         self.result_ = result
+        self.knn_graph_ = result.knn_graph
         self._backend = backend
         self._kind = kind
         self._finite_rows = keep
@@ -875,6 +884,12 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
         from lakelens.operators.hdbscan.prediction import predict_with_scores
 
         return predict_with_scores(self, X)
+
+    def kneighbors(self, X, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, training-row indices) of each row of X's nearest training rows, nearest first."""
+        from lakelens.operators.hdbscan.prediction import training_neighbours
+
+        return training_neighbours(self, X, n_neighbors)
 
     # -- persistence: named bytes, so operators never see storage (infra/model_store.py moves them) --
 

@@ -52,6 +52,11 @@ def _neighbours(model, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return model._backend.to_metric(graph.distances), graph.indices
 
 
+def training_neighbours(model, X, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted model's k nearest training rows of each row of X (the same search `predict` uses)."""
+    return _neighbours(model, _points(model, X), k)
+
+
 # -- the behaviour-clusters job's convention ----------------------------------------------------------
 
 def predict_with_scores(model, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
