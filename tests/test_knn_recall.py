@@ -102,3 +102,26 @@ def test_an_approximate_fit_reports_the_recall_it_measured(hard):
 def test_knn_recall_target_must_be_a_share_in_0_1(bad):
     with pytest.raises(ValueError, match="knn_recall_target"):
         PHDBSCAN(min_cluster_size=5, knn_recall_target=bad).fit(np.random.default_rng(0).standard_normal((50, 2)))
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9])
+def test_new_points_searched_through_the_cells_reach_the_recall_target_against_exact_faiss(hard, target):
+    from lakelens.operators.hdbscan.knn import CellIndex, cell_query
+
+    queries = _hard_blobs(4_000, seed=1)
+    index = CellIndex.build(hard, seed=0)
+    found = cell_query(index, queries, 11, recall_target=target, seed=3)
+    exact = faiss.IndexFlatL2(hard.shape[1])
+    exact.add(hard)
+    squared, _ = exact.search(queries, 11)
+    radius = np.sqrt(np.maximum(squared[:, -1:], 0)) * (1 + 1e-4) + 1e-6
+    assert (found.distances <= radius).mean() >= target
+    assert (np.diff(found.distances, axis=1) >= 0).all() and (found.indices < hard.shape[0]).all()
+
+
+def test_a_fitted_models_predict_searches_the_cells_its_graph_was_built_from(hard):
+    from lakelens.operators.hdbscan.knn import CellIndex
+
+    model = PHDBSCAN(min_cluster_size=50, min_samples=10, knn_method="cells").fit(hard[:30_000])
+    labels, _, _ = model.predict_with_scores(hard[30_000:31_000])
+    assert isinstance(model._backend._index, CellIndex) and labels.shape == (1000,)

@@ -107,9 +107,16 @@ class FaissBackend:
                                  seed=self.seed, recall_k=recall_k, recall_target=self.recall_target)
 
     def query(self, points: np.ndarray, k: int) -> KnnGraph:
+        """New points' k nearest rows, by the method the graph used: cells search as the fit's graph did."""
+        cells = knn_mod.graph_method(self.n, self.data.shape[1], self.method, self.device) == "cells"
         if self._index is None:
-            self._index = knn_mod.build_index(self.data, method=self.method, device=self.device, nprobe=self.nprobe,
-                                              seed=self.seed)
+            index = (knn_mod.CellIndex.build(self.data, seed=self.seed) if cells else
+                     knn_mod.build_index(self.data, method=self.method, device=self.device, nprobe=self.nprobe,
+                                         seed=self.seed))
+            self._index = index
+        if cells:
+            return knn_mod.cell_query(self._index, points, min(k, self.n), self.recall_target, self.nprobe,
+                                      seed=self.seed)
         return knn_mod.search(self._index, self.data, points, min(k, self.n))
 
     def rows(self, ids: np.ndarray) -> np.ndarray:

@@ -159,9 +159,7 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
     n = data.shape[0]
     k = min(k, n)
     recall_k = min(recall_k or k, k)
-    if method == "auto":
-        method = "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else
-                                                   "kdtree" if data.shape[1] <= KDTREE_MAX_DIM else "cells")
+    method = graph_method(n, data.shape[1], method, device)
     if method == "kdtree":
         return KnnGraph(*_rows(kdtree_knn(data, k)), KnnReport("kdtree", k, recall_k))
     if method == "cells":
@@ -184,6 +182,14 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
     graph = search(index, data, data, k)
     report = _report(method, k, graph, truth, recall_target, probe, getattr(index, "nlist", None), measuring)
     return KnnGraph(graph.distances, graph.indices, report)
+
+
+def graph_method(n: int, dim: int, method: str = "auto", device: str = "auto") -> str:
+    """What `auto` means for n rows of dim columns: exact, ivf (GPU), kdtree or cells."""
+    if method != "auto":
+        return method
+    return "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else
+                                             "kdtree" if dim <= KDTREE_MAX_DIM else "cells")
 
 
 def kdtree_knn(data: np.ndarray, k: int) -> KnnGraph:
@@ -290,52 +296,119 @@ def choose_probe(needed: np.ndarray, target: float, least: int = 1) -> int:
     return max(least, int(needed.max()))
 
 
+@dataclass
+class CellIndex:
+    """k-means cells over stored rows: a query searches, by blockwise GEMM, the rows of the `probe`
+    cells whose centroids are nearest its own cell's (its home: the nearest centroid)."""
+
+    data: np.ndarray
+    centroids: np.ndarray
+    cell: np.ndarray  # each stored row's cell
+    _quantizer: object
+    _order: np.ndarray
+    _starts: np.ndarray
+
+    @classmethod
+    def build(cls, data: np.ndarray, cell_size: int = 2000, seed: int = 0) -> "CellIndex":
+        import faiss
+
+        n, dim = data.shape
+        n_cells = max(1, int(round(n / cell_size)))
+        kmeans = faiss.Kmeans(dim, n_cells, niter=12, seed=seed, verbose=False)
+        training = data if n <= 128 * n_cells else data[np.random.default_rng(seed).choice(n, 128 * n_cells,
+                                                                                            replace=False)]
+        kmeans.train(training)
+        _, cell = kmeans.index.search(data, 1)
+        cell = cell[:, 0]
+        order = np.argsort(cell, kind="stable")
+        return cls(data, kmeans.centroids, cell, kmeans.index, order, np.searchsorted(cell[order], np.arange(n_cells + 1)))
+
+    @property
+    def n_cells(self) -> int:
+        return self.centroids.shape[0]
+
+    def home(self, queries: np.ndarray) -> np.ndarray:
+        return self._quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), 1)[1][:, 0]
+
+    def cells_by_distance(self, cells: np.ndarray, count: int | None = None) -> np.ndarray:
+        """Per given cell, the `count` (default all) cells nearest its centroid, nearest first."""
+        return self._quantizer.search(self.centroids[cells], count or self.n_cells)[1]
+
+    def least_probe(self, truth: "SampleTruth", home: np.ndarray, target: float, least: int) -> int:
+        """The least probe meeting `target` for sampled queries whose exact neighbours are `truth`."""
+        return choose_probe(needed_probe(self.cells_by_distance(home), self.cell, truth), target,
+                            min(least, self.n_cells))
+
+    def search(self, queries: np.ndarray, k: int, probe: int, home: np.ndarray | None = None) -> KnnGraph:
+        """k nearest stored rows of each query among its home cell's `probe` nearest cells."""
+        n = self.data.shape[0]
+        home = self.home(queries) if home is None else home
+        near = self.cells_by_distance(np.arange(self.n_cells), min(probe, self.n_cells))
+        distances = np.empty((queries.shape[0], k), dtype=np.float64)
+        indices = np.empty((queries.shape[0], k), dtype=np.int64)
+        by_home = np.argsort(home, kind="stable")
+        bounds = np.searchsorted(home[by_home], np.arange(self.n_cells + 1))
+        for c in range(self.n_cells):
+            mine = by_home[bounds[c]:bounds[c + 1]]
+            if mine.size == 0:
+                continue
+            pool = np.concatenate([self._order[self._starts[j]:self._starts[j + 1]] for j in near[c] if j >= 0])
+            if pool.size < k:  # tiny neighbourhoods fall back to every row
+                pool = np.arange(n)
+            found = _block_search(self.data[pool], queries[mine], k)
+            distances[mine] = found.distances
+            indices[mine] = pool[found.indices]
+        return KnnGraph(distances, indices)
+
+
 def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0,
              recall_k: int | None = None, recall_target: float | None = 0.95, sample: int = RECALL_SAMPLE) -> KnnGraph:
-    """kNN by k-means cells: each cell's points search the union of the `probe` cells nearest its centroid.
+    """kNN by k-means cells (`CellIndex`): each cell's points search the union of the `probe` cells nearest
+    its centroid.
 
     Without `probe`, the probe is the least that meets `recall_target` on a sample: a true neighbour
     is found exactly when its cell is among the probed ones, so one exact search of the sample gives
     the recall at every probe before any cell is searched. Past half the points per pool a flat
     exact search is cheaper, and is used."""
-    import faiss
-
-    n, dim = data.shape
+    n = data.shape[0]
     recall_k = min(recall_k or k, k)
-    n_cells = max(1, int(round(n / cell_size)))
-    kmeans = faiss.Kmeans(dim, n_cells, niter=12, seed=seed, verbose=False)
-    training = data if n <= 128 * n_cells else data[np.random.default_rng(seed).choice(n, 128 * n_cells, replace=False)]
-    kmeans.train(training)
-    _, cell = kmeans.index.search(data, 1)
-    cell = cell[:, 0]
+    index = CellIndex.build(data, cell_size, seed)
     started = time.perf_counter()
     truth = exact_sample(data, recall_k, sample, seed)
     if probe is None and recall_target is not None:
-        _, near = kmeans.index.search(kmeans.centroids[cell[truth.rows]], n_cells)
-        probe = choose_probe(needed_probe(near, cell, truth), recall_target, min(DEFAULT_PROBE, n_cells))
-    probe = min(n_cells, probe or DEFAULT_PROBE)
+        probe = index.least_probe(truth, index.cell[truth.rows], recall_target, DEFAULT_PROBE)
+    probe = min(index.n_cells, probe or DEFAULT_PROBE)
     measuring = time.perf_counter() - started
-    if probe * n / n_cells >= n / 2:  # the pools would hold most points: one flat search is cheaper
+    if probe * n / index.n_cells >= n / 2:  # the pools would hold most points: one flat search is cheaper
         graph = _flat(data, k)
         return KnnGraph(graph.distances, graph.indices, KnnReport("exact", k, recall_k, recall_target=recall_target,
                                                                   seconds_measuring=measuring))
-    _, near = kmeans.index.search(kmeans.centroids, probe)
-    order = np.argsort(cell, kind="stable")
-    starts = np.searchsorted(cell[order], np.arange(n_cells + 1))
-    distances = np.empty((n, k), dtype=np.float64)
-    indices = np.empty((n, k), dtype=np.int64)
-    for c in range(n_cells):
-        members = order[starts[c]:starts[c + 1]]
-        if members.size == 0:
-            continue
-        pool = np.concatenate([order[starts[j]:starts[j + 1]] for j in near[c] if j >= 0])
-        if pool.size < k:  # tiny neighbourhoods fall back to every point
-            pool = np.arange(n)
-        found = _block_search(data[pool], data[members], k)
-        distances[members] = found.distances
-        indices[members] = pool[found.indices]
-    graph = KnnGraph(distances, indices)
-    return KnnGraph(distances, indices, _report("cells", k, graph, truth, recall_target, probe, n_cells, measuring))
+    graph = index.search(data, k, probe, home=index.cell)
+    return KnnGraph(graph.distances, graph.indices,
+                    _report("cells", k, graph, truth, recall_target, probe, index.n_cells, measuring))
+
+
+def cell_query(index: CellIndex, queries: np.ndarray, k: int, recall_target: float | None = 0.95,
+               probe: int | None = None, sample: int = RECALL_SAMPLE, seed: int = 0) -> KnnGraph:
+    """k nearest stored rows of new points through `index`: at `probe`, or else at the least probe that
+    meets `recall_target` on a sample of the queries (searched exactly), as `cell_knn` chooses it for the
+    stored rows."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    n, m = index.data.shape[0], queries.shape[0]
+    k = min(k, n)
+    home = index.home(queries)
+    if probe is None and recall_target is not None and m:
+        rows = np.sort(np.random.default_rng(seed + 7919).choice(m, min(sample, m), replace=False))
+        _, idx = faiss.knn(queries[rows], index.data, int(k))
+        exact = _ordered_rows(exact_distances(index.data, queries[rows], idx), idx, k)
+        probe = index.least_probe(SampleTruth(rows, exact.distances, exact.indices), home[rows], recall_target,
+                                  DEFAULT_PROBE)
+    probe = min(index.n_cells, probe or DEFAULT_PROBE)
+    if probe * n / index.n_cells >= n / 2:
+        return _block_search(index.data, queries, k)
+    return index.search(queries, k, probe, home=home)
 
 
 def _block_search(stored: np.ndarray, queries: np.ndarray, k: int, cells: int = 1 << 24) -> KnnGraph:
