@@ -204,11 +204,13 @@ def attach_to_neighbours(features: np.ndarray, found: PoolClusters, assignment: 
     else:
         _, nearest = model.kneighbors(features[found.rows[still]], k + 1)
     owners = assignment.keys[found.rows[_without_self(nearest, still, k)]]  # (points, k): a key or None
-    names = np.where(owners == None, "", owners).astype(str)  # noqa: E711 (elementwise)
-    best, votes = majority(names)
-    joins = (best != "") & (votes >= share * k)
+    keys = sorted({key for key in owners.ravel() if key is not None}, key=str)
+    code = {key: c for c, key in enumerate(keys)}
+    codes = np.fromiter((code.get(key, -1) for key in owners.ravel()), np.int64, owners.size).reshape(owners.shape)
+    best, votes = majority(codes)
+    joins = (best >= 0) & (votes >= share * k)
     rows = found.rows[still[joins]]
-    assignment.keys[rows] = owners[joins][np.arange(int(joins.sum())), _first_of(names[joins], best[joins])]
+    assignment.keys[rows] = np.array(keys + [None], dtype=object)[best[joins]]
     assignment.probabilities[rows] = 0.0
     assignment.attached += rows.size
     return rows
@@ -221,17 +223,13 @@ def _without_self(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarra
     return neighbours[others].reshape(rows.size, k)
 
 
-def majority(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a (points, k) string array: the most frequent non-empty value and its count."""
-    best = np.full(names.shape[0], "", dtype=names.dtype)
-    votes = np.zeros(names.shape[0], dtype=np.int64)
-    for column in range(names.shape[1]):
-        candidate = names[:, column]
-        count = (names == candidate[:, None]).sum(axis=1)
-        better = (candidate != "") & (count > votes)
+def majority(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a (points, k) array of non-negative codes (-1: none), the most frequent code and its count."""
+    best = np.full(codes.shape[0], -1, dtype=np.int64)
+    votes = np.zeros(codes.shape[0], dtype=np.int64)
+    for column in range(codes.shape[1]):
+        candidate = codes[:, column]
+        count = (codes == candidate[:, None]).sum(axis=1)
+        better = (candidate >= 0) & (count > votes)
         best[better], votes[better] = candidate[better], count[better]
     return best, votes
-
-
-def _first_of(names: np.ndarray, value: np.ndarray) -> np.ndarray:
-    return np.argmax(names == value[:, None], axis=1)
