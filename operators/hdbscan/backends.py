@@ -110,10 +110,9 @@ class FaissBackend:
         """New points' k nearest rows, by the method the graph used: cells search as the fit's graph did."""
         cells = knn_mod.graph_method(self.n, self.data.shape[1], self.method, self.device) == "cells"
         if self._index is None:
-            index = (knn_mod.CellIndex.build(self.data, seed=self.seed) if cells else
-                     knn_mod.build_index(self.data, method=self.method, device=self.device, nprobe=self.nprobe,
-                                         seed=self.seed))
-            self._index = index
+            self._index = (knn_mod.CellIndex.build(self.data, seed=self.seed) if cells else
+                           knn_mod.build_index(self.data, method=self.method, device=self.device, nprobe=self.nprobe,
+                                               seed=self.seed))
         if cells:
             return knn_mod.cell_query(self._index, points, min(k, self.n), self.recall_target, self.nprobe,
                                       seed=self.seed)

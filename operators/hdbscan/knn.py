@@ -232,13 +232,16 @@ class SampleTruth:
     indices: np.ndarray
 
 
-def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int = 0, gpu: bool = False) -> SampleTruth:
-    """`size` rows drawn at random and their exact k nearest rows (self included), by brute force."""
+def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int = 0, gpu: bool = False,
+                 queries: np.ndarray | None = None) -> SampleTruth:
+    """`size` rows drawn at random and their exact k nearest rows of `data` (self included), by brute force.
+    The rows are drawn from `queries` when given (new points), else from `data` itself."""
     import faiss
 
-    n = data.shape[0]
+    source = data if queries is None else queries
+    n = source.shape[0]
     rows = np.sort(np.random.default_rng(seed + 7919).choice(n, min(size, n), replace=False))
-    queries = np.ascontiguousarray(data[rows])
+    queries = np.ascontiguousarray(source[rows])
     if gpu:
         _, idx = faiss.knn_gpu(faiss.StandardGpuResources(), queries, data, int(k))
     else:
@@ -393,18 +396,13 @@ def cell_query(index: CellIndex, queries: np.ndarray, k: int, recall_target: flo
     """k nearest stored rows of new points through `index`: at `probe`, or else at the least probe that
     meets `recall_target` on a sample of the queries (searched exactly), as `cell_knn` chooses it for the
     stored rows."""
-    import faiss
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n, m = index.data.shape[0], queries.shape[0]
     k = min(k, n)
     home = index.home(queries)
     if probe is None and recall_target is not None and m:
-        rows = np.sort(np.random.default_rng(seed + 7919).choice(m, min(sample, m), replace=False))
-        _, idx = faiss.knn(queries[rows], index.data, int(k))
-        exact = _ordered_rows(exact_distances(index.data, queries[rows], idx), idx, k)
-        probe = index.least_probe(SampleTruth(rows, exact.distances, exact.indices), home[rows], recall_target,
-                                  DEFAULT_PROBE)
+        truth = exact_sample(index.data, k, sample, seed, queries=queries)
+        probe = index.least_probe(truth, home[truth.rows], recall_target, DEFAULT_PROBE)
     probe = min(index.n_cells, probe or DEFAULT_PROBE)
     if probe * n / index.n_cells >= n / 2:
         return _block_search(index.data, queries, k)
