@@ -52,14 +52,30 @@ class ClusteringStateStore:
         path = f"{manifest_prefix(manifest)}/state/state.json"
         return PreviousRun(manifest, self.lake.read_json(path) if self.lake.exists(path) else None)
 
-    def save_model(self, run: Run, name: str, model: Storable, keys: dict[int, str]) -> dict[str, Any]:
-        """A model of the chain, with its labels' keys: the reference that goes into state.json."""
+    def save_model(self, run: Run, name: str, model: Storable, keys: dict[int, str],
+                   within: tuple[int, np.ndarray] | None = None) -> dict[str, Any]:
+        """A model of the chain, with its labels' keys: the reference that goes into state.json. `within`:
+        (an earlier chain model, the rows of its training data this model was fitted on)."""
         folder = self.models.save_state(f"{run.prefix}/state/{name}", model)
-        return {"dir": folder, "keys": {str(c): k for c, k in keys.items()}}
+        ref: dict[str, Any] = {"dir": folder, "keys": {str(c): k for c, k in keys.items()}}
+        if within is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(within[1], dtype=np.int64))
+            self.lake.write_bytes(f"{run.prefix}/state/{name}-rows.npy", buffer.getvalue())
+            ref["within"] = {"model": int(within[0]), "rows": f"{run.prefix}/state/{name}-rows.npy"}
+        return ref
 
-    def load_chain(self, previous: PreviousRun, kind: type) -> list[tuple[Any, dict[int, str]]]:
-        return [(self.models.load_state(ref["dir"], kind), {int(c): k for c, k in ref["keys"].items()})
-                for ref in previous.state["chain"]]
+    def load_chain(self, previous: PreviousRun,
+                   kind: type) -> list[tuple[Any, dict[int, str], tuple[int, np.ndarray] | None]]:
+        """Each chain model with its keys and, where saved, what it was fitted `within`."""
+        chain = []
+        for ref in previous.state["chain"]:
+            within = ref.get("within")
+            if within is not None:
+                within = (int(within["model"]), np.load(io.BytesIO(self.lake.read_bytes(within["rows"]))))
+            chain.append((self.models.load_state(ref["dir"], kind), {int(c): k for c, k in ref["keys"].items()},
+                          within))
+        return chain
 
     def save(self, run: Run, state: dict[str, Any], centroids: dict[str, np.ndarray], dim: int) -> None:
         buffer = io.BytesIO()

@@ -31,10 +31,15 @@ from lakelens.operators.hdbscan import PHDBSCAN
 
 @dataclass
 class KeyedModel:
-    """A fitted pHDBSCAN model and the stable cluster key of each of its labels."""
+    """A fitted pHDBSCAN model and the stable cluster key of each of its labels.
+
+    `within` = (i, rows): the model was fitted on rows `rows` of the training data of the chain's i-th
+    (earlier) model. New points then take their neighbours from that model's search, filtered to these
+    rows, instead of a search of their own: a model of the chain holds up to a whole window."""
 
     model: PHDBSCAN
     keys: dict[int, str]
+    within: tuple[int, np.ndarray] | None = None
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Assignment:
     persistence: dict[str, float]  # per key, from the model that owns it
     refused: np.ndarray | None = None  # bool: predicted into a cluster, but less typical than its members
     attached: int = 0  # noise points that joined a cluster through their neighbours (`attach_to_neighbours`)
+    reused_searches: int = 0  # points offered to a chain model through an earlier model's search (`within`)
 
     @property
     def noise(self) -> np.ndarray:
@@ -75,11 +81,14 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile
     refused = np.zeros(n, dtype=bool)
     persistence: dict[str, float] = {}
     todo = np.arange(n)
+    searches: list[Searched | None] = []
     for link in chain:
         persistence.update({key: float(link.model.cluster_persistence_[label]) for label, key in link.keys.items()})
         if todo.size == 0:
+            searches.append(None)
             continue
-        labels, probs, scores = link.model.predict_with_scores(features[todo])
+        searches.append(chain_neighbours(features, todo, link, searches))
+        labels, probs, scores = link.model.predict_with_scores(features[todo], searches[-1].neighbours)
         # a model fitted on a noise pool keys only its emerging clusters; its other labels are not offers
         predicted = np.isin(labels, list(link.keys))
         limits = member_score_limits(link.model, join_quantile)
@@ -94,7 +103,55 @@ def assign_to_chain(features: np.ndarray, chain: list[KeyedModel], join_quantile
         # noise stays as outlying as the least surprised model found it
         outlier_scores[todo] = np.minimum(outlier_scores[todo], scores[~joined])
     refused &= np.array([k is None for k in keys], dtype=bool)  # a later model of the chain may have taken it
-    return Assignment(keys, probabilities, outlier_scores, persistence, refused)
+    return Assignment(keys, probabilities, outlier_scores, persistence, refused,
+                      reused_searches=sum(s.reused for s in searches if s is not None))
+
+
+@dataclass(frozen=True)
+class Searched:
+    """The nearest training rows a chain model read for the points (sorted indexes) offered to it."""
+
+    points: np.ndarray
+    distances: np.ndarray
+    indices: np.ndarray
+    reused: int = 0  # points whose neighbours came from an earlier model's search
+
+    @property
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.distances, self.indices
+
+
+def chain_neighbours(features: np.ndarray, todo: np.ndarray, link: KeyedModel,
+                     earlier: list[Searched | None]) -> Searched:
+    """The `todo` points' nearest training rows of `link`'s model: from the search of the model it was fitted
+    within, where that search holds enough of them, else by the model's own search."""
+    need = link.model.gate_neighbours
+    source = earlier[link.within[0]] if link.within is not None else None
+    if source is None or source.indices.shape[1] < need:
+        distances, indices = link.model.kneighbors(features[todo], need)
+        return Searched(todo, distances, indices)
+    distances, indices, complete = neighbours_among(source, todo, link.within[1], need)
+    missing = np.flatnonzero(~complete)
+    if missing.size:
+        distances[missing], indices[missing] = link.model.kneighbors(features[todo[missing]], need)
+    return Searched(todo, distances, indices, reused=int(complete.sum()))
+
+
+def neighbours_among(source: Searched, points: np.ndarray, rows: np.ndarray,
+                     need: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`points`' (a subset of `source.points`) `need` nearest among `rows` of the searched model's training rows,
+    as (distances, positions in `rows`, complete): complete where the earlier search held at least `need` of
+    them, which are then exactly its `need` nearest there (the search found everything nearer)."""
+    at = np.searchsorted(source.points, points)
+    position = np.full(int(max(rows.max(initial=-1), source.indices.max(initial=-1))) + 1, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    found = source.indices[at]
+    mapped = np.where(found >= 0, position[np.maximum(found, 0)], -1)
+    kept = mapped >= 0
+    first = np.argsort(~kept, axis=1, kind="stable")[:, :need]  # kept entries first, in distance order
+    distances = np.take_along_axis(source.distances[at], first, axis=1)
+    indices = np.take_along_axis(mapped, first, axis=1)
+    return distances, indices, kept.sum(axis=1) >= need
 
 
 @dataclass
@@ -150,14 +207,17 @@ def recluster_pool(features: np.ndarray, owner: np.ndarray, model: PHDBSCAN, min
 def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN, min_points: int,
                   name_clusters: Callable[[np.ndarray, np.ndarray], dict[int, str]],
                   context_share: float = 1.0, join_existing: bool = True,
-                  attach_share: float = 0.0, attach_neighbours: int = 10) -> KeyedModel | None:
+                  attach_share: float = 0.0, attach_neighbours: int = 10,
+                  features_model: int | None = None) -> KeyedModel | None:
     """Re-cluster the points still called noise (`recluster_pool`); emerging clusters' points join them, and,
     with `join_existing`, pool points re-found with an existing cluster's members join that cluster (in place).
     With `attach_share` > 0, the pool points still noise after that go through `attach_to_neighbours`
     (over their `attach_neighbours` nearest rows).
 
     `name_clusters(rows, labels)` gives each emerging label its key (rows index `features`). Returns the keyed
-    model when it found emerging clusters, so later runs can offer points to it too.
+    model when it found emerging clusters, so later runs can offer points to it too; `features_model`: the
+    chain index of a model fitted on `features` itself, row for row (the full run's base model), which the
+    returned model is then `within`.
     """
     found = recluster_pool(features, assignment.keys, model, min_points, context_share, keep_graph=attach_share > 0)
     if found is None:
@@ -177,7 +237,9 @@ def cluster_noise(features: np.ndarray, assignment: Assignment, model: PHDBSCAN,
     if attach_share > 0:
         attach_to_neighbours(features, found, assignment, attach_share, attach_neighbours)
         model.knn_graph_ = None  # n x k arrays; the model lives on in the chain
-    return KeyedModel(model, keys) if keys else None
+    if not keys:
+        return None
+    return KeyedModel(model, keys, within=None if features_model is None else (features_model, rows))
 
 
 def attach_to_neighbours(features: np.ndarray, found: PoolClusters, assignment: Assignment,

@@ -324,7 +324,7 @@ class ClusteringRun:
         chain = [self.states.save_model(run, "model-base", model, {c: k for c, k in keys.items() if c < first})]
         emerging = {c: keys[label] for c, label in found.keys.items()} if found is not None else {}
         if emerging:
-            chain.append(self.states.save_model(run, "model-emerging", found.model, emerging))
+            chain.append(self.states.save_model(run, "model-emerging", found.model, emerging, found.within))
         return assignment, chain
 
     def _cluster_own_noise(self, features: np.ndarray,
@@ -350,7 +350,8 @@ class ClusteringRun:
         with MemoryCap(cap, what="the noise pool's re-cluster"):
             found = cluster_noise(features, owned, model, cfg.min_cluster_size,
                                   lambda rows, labels: {int(c): first + i for i, c in enumerate(np.unique(labels))},
-                                  attach_share=cfg.attach_share, attach_neighbours=cfg.min_samples)
+                                  attach_share=cfg.attach_share, attach_neighbours=cfg.min_samples,
+                                  features_model=0)  # the base model was fitted on `features`, row for row
         labels = np.array([-1 if c is None else c for c in owned.keys], dtype=np.int64)
         placed = pool - int((labels < 0).sum())
         in_emerging = int(np.isin(labels, list(found.keys.values())).sum()) if found else 0
@@ -365,7 +366,7 @@ class ClusteringRun:
         """Earlier assignments stay; new transactions go through the model chain; noise is clustered again."""
         run, previous = self.run, self.previous
         chain_refs = list(previous.state["chain"])
-        chain = [KeyedModel(model, keys) for model, keys in self.states.load_chain(previous, PHDBSCAN)]
+        chain = [KeyedModel(*link) for link in self.states.load_chain(previous, PHDBSCAN)]
         before = previous.table(run.lake, "txn_clusters", ["transaction_id", "cluster_key", "probability",
                                                            "outlier_score"])
         position = pc.index_in(ids, value_set=before.column("transaction_id")).to_numpy(zero_copy_only=False)
@@ -392,7 +393,8 @@ class ClusteringRun:
         placed = pool - int(assignment.noise.sum())  # pool points the re-cluster placed: emerging, or joined
         run.metrics["assignment"] = {
             "carried": int(carried.sum()), "new": int(new.size), "joined_existing": int((~predicted.noise).sum()),
-            "refused_by_gate": int(predicted.refused.sum()), "noise_pool": pool,
+            "refused_by_gate": int(predicted.refused.sum()), "reused_searches": predicted.reused_searches,
+            "noise_pool": pool,
             "emerging_clusters": len(emerging_sizes), "emerging_members": placed,
             "joined_from_pool": placed - sum(emerging_sizes.values()), "attached_to_neighbours": assignment.attached,
             "emerging_sizes": emerging_sizes,

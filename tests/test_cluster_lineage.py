@@ -86,3 +86,41 @@ def test_a_noise_pool_smaller_than_a_cluster_is_left_alone():
     assert cluster_noise(_blob((9, 9), 5, rng), assignment, PHDBSCAN(min_cluster_size=20), 20,
                          lambda rows, labels: {}) is None
     assert assignment.noise.all()
+
+
+def test_a_model_fitted_within_the_base_models_rows_reuses_its_search_and_assigns_exactly_the_same():
+    rng = np.random.default_rng(5)
+    window = np.vstack([_blob((0, 0), 300, rng), _blob((6, 0), 300, rng), _blob((0, 8), 30, rng, spread=0.15),
+                        rng.uniform((-10, -10), (16, 20), (200, 2))])
+    base = PHDBSCAN(min_cluster_size=40, min_samples=10).fit(window)
+    keys = {label: f"base-{label}" for label in range(int(base.labels_.max()) + 1)}
+    owned = assign_to_chain(window, [KeyedModel(base, keys)])
+    owned.keys[:] = np.array([keys.get(int(c)) for c in base.labels_], dtype=object)
+    found = cluster_noise(window, owned, PHDBSCAN(min_cluster_size=20, min_samples=5), 20,
+                          lambda rows, labels: {int(c): f"pool-{c}" for c in np.unique(labels)}, features_model=0)
+    assert found is not None and found.within is not None and found.within[0] == 0
+    assert 0 < found.within[1].size < window.shape[0]  # the pool and its context: a subset of the base rows
+
+    today = np.vstack([_blob((0, 0), 40, rng), _blob((0, 8), 20, rng, spread=0.15),
+                       rng.uniform((-10, -10), (16, 20), (60, 2))])
+    shared = assign_to_chain(today, [KeyedModel(base, keys), found])
+    searched = assign_to_chain(today, [KeyedModel(base, keys), KeyedModel(found.model, found.keys)])
+    assert shared.reused_searches > 0 and searched.reused_searches == 0
+    assert shared.keys.tolist() == searched.keys.tolist()
+    np.testing.assert_array_equal(shared.probabilities, searched.probabilities)
+    np.testing.assert_array_equal(shared.outlier_scores, searched.outlier_scores)
+    assert any(k in found.keys.values() for k in shared.keys)  # the second model did take points
+
+
+def test_neighbours_among_a_subset_keep_the_search_order_and_flag_points_the_search_cannot_serve():
+    from lakelens.operators.assignment import Searched, neighbours_among
+
+    # two points searched, 4 neighbours each among training rows 0..5; the subset holds rows 1, 3, 4, 5
+    source = Searched(np.array([2, 7]), np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]),
+                      np.array([[3, 0, 5, 2], [0, 2, 1, 4]]))
+    distances, indices, complete = neighbours_among(source, np.array([2, 7]), np.array([1, 3, 4, 5]), need=2)
+    assert complete.tolist() == [True, True]
+    assert indices.tolist() == [[1, 3], [0, 2]]  # positions in the subset: row 3 -> 1, row 5 -> 3, row 1 -> 0 ...
+    assert distances.tolist() == [[0.1, 0.3], [0.7, 0.8]]
+    _, _, complete = neighbours_among(source, np.array([7]), np.array([1, 3, 4, 5]), need=3)
+    assert complete.tolist() == [False]  # only two of its four neighbours are in the subset: search it

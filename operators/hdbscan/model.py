@@ -875,15 +875,24 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
             self.generate_prediction_data()
         return approximate_predict(self, X)
 
-    def predict_with_scores(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_with_scores(self, X, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, membership probabilities and GLOSH outlier scores for new points.
 
         A new point joins the tree beside its nearest training point by mutual reachability, at the
-        density level 1/distance (the behaviour-clusters job's gate; see prediction.py).
+        density level 1/distance (the behaviour-clusters job's gate; see prediction.py). `neighbours`:
+        the points' `gate_neighbours` nearest training rows, when the caller already searched them.
         """
         from lakelens.operators.hdbscan.prediction import predict_with_scores
 
-        return predict_with_scores(self, X)
+        return predict_with_scores(self, X, neighbours)
+
+    @property
+    def gate_neighbours(self) -> int:
+        """How many nearest training rows `predict_with_scores` reads per new point."""
+        from lakelens.operators.hdbscan.prediction import gate_neighbour_count
+
+        return gate_neighbour_count(self)
 
     def kneighbors(self, X, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, training-row indices) of each row of X's nearest training rows, nearest first."""

@@ -59,8 +59,19 @@ def training_neighbours(model, X, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the behaviour-clusters job's convention ----------------------------------------------------------
 
-def predict_with_scores(model, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, membership probabilities and GLOSH outlier scores for new points (the job's gate)."""
+def gate_neighbour_count(model) -> int:
+    """How many nearest training rows `predict_with_scores` reads per new point."""
+    n_train = model._backend.n
+    return min(n_train, 2 * max(min(model.params.samples, n_train - 1), 1))
+
+
+def predict_with_scores(model, X, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, membership probabilities and GLOSH outlier scores for new points (the job's gate).
+
+    `neighbours`, when given, are the points' (metric distances, training-row indices) of their
+    `gate_neighbour_count(model)` nearest training rows, nearest first: found by a search the
+    caller already ran (`assign_to_chain` shares one search between models with shared rows)."""
     points = _points(model, X)
     count = points.shape[0]
     result = model.result_
@@ -69,7 +80,14 @@ def predict_with_scores(model, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.full(count, -1), np.zeros(count), np.ones(count)
     n_train = model._backend.n
     samples = max(min(model.params.samples, n_train - 1), 1)
-    dist, idx = _neighbours(model, points, min(n_train, 2 * samples))
+    need = gate_neighbour_count(model)
+    if neighbours is None:
+        dist, idx = _neighbours(model, points, need)
+    else:
+        dist, idx = neighbours
+        if dist.shape != (count, need) or idx.shape != (count, need):
+            raise ValueError(f"neighbours must be ({count}, {need}) arrays of distances and training rows, "
+                             f"got {dist.shape} and {idx.shape}")
     core_new = dist[:, min(samples, dist.shape[1]) - 1]
     mr = np.maximum(np.maximum(core_new[:, None], result.core_distances[idx]), dist)
     best = np.argmin(mr, axis=1)
