@@ -13,7 +13,10 @@ and the clusters on purpose; train-encoder now publishes a run of its own. Regen
 clustering features gained the session-regularity block (timing_weight): only the behaviour-clusters
 tables changed (13 -> 12 clusters on day 3). Regenerated when the noise pool came to be re-clustered at a
 finer density scale in full runs as in incremental ones (emerging_min_samples): only the behaviour-clusters
-tables changed (12 -> 14 clusters on both days).
+tables changed (12 -> 14 clusters on both days). Regenerated when the numerical stack was pinned (numpy,
+scipy, scikit-learn, numba, pynndescent): a fresh setup had resolved newer releases, under which the code of
+the regenerating commit itself (c5c3407) no longer matched; only the behaviour-clusters tables changed
+(14 -> 13 clusters on day 3), and two runs in a row on the pinned stack publish the same summary.
 """
 
 from __future__ import annotations
