@@ -114,6 +114,7 @@ class Searched:
     points: np.ndarray
     distances: np.ndarray
     indices: np.ndarray
+    exact: bool  # every point's true nearest rows (an exact search), not an approximation
     reused: int = 0  # points whose neighbours came from an earlier model's search
 
     @property
@@ -124,24 +125,28 @@ class Searched:
 def chain_neighbours(features: np.ndarray, todo: np.ndarray, link: KeyedModel,
                      earlier: list[Searched | None]) -> Searched:
     """The `todo` points' nearest training rows of `link`'s model: from the search of the model it was fitted
-    within, where that search holds enough of them, else by the model's own search."""
+    within, where that search holds enough of them, else by the model's own search. An approximate earlier
+    search never stands in for an exact one of the model's own (a small pool within a large window)."""
     need = link.model.gate_neighbours
+    exact = bool(link.model._backend.exact_queries)
     source = earlier[link.within[0]] if link.within is not None else None
-    if source is None or source.indices.shape[1] < need:
+    if source is None or source.indices.shape[1] < need or (exact and not source.exact):
         distances, indices = link.model.kneighbors(features[todo], need)
-        return Searched(todo, distances, indices)
+        return Searched(todo, distances, indices, exact)
     distances, indices, complete = neighbours_among(source, todo, link.within[1], need)
     missing = np.flatnonzero(~complete)
     if missing.size:
         distances[missing], indices[missing] = link.model.kneighbors(features[todo[missing]], need)
-    return Searched(todo, distances, indices, reused=int(complete.sum()))
+    return Searched(todo, distances, indices, source.exact and (exact or not missing.size),
+                    reused=int(complete.sum()))
 
 
 def neighbours_among(source: Searched, points: np.ndarray, rows: np.ndarray,
                      need: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`points`' (a subset of `source.points`) `need` nearest among `rows` of the searched model's training rows,
     as (distances, positions in `rows`, complete): complete where the earlier search held at least `need` of
-    them, which are then exactly its `need` nearest there (the search found everything nearer)."""
+    them, which are then its `need` nearest there as far as that search found them (exactly, when it was
+    exact: it found everything nearer)."""
     at = np.searchsorted(source.points, points)
     position = np.full(int(max(rows.max(initial=-1), source.indices.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[rows] = np.arange(rows.size)

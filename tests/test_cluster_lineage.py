@@ -112,12 +112,35 @@ def test_a_model_fitted_within_the_base_models_rows_reuses_its_search_and_assign
     assert any(k in found.keys.values() for k in shared.keys)  # the second model did take points
 
 
+def test_a_model_that_searches_exactly_never_takes_its_neighbours_from_an_approximate_search():
+    from lakelens.operators.assignment import Searched, chain_neighbours
+
+    rng = np.random.default_rng(11)
+    window = np.vstack([_blob((0, 0), 200, rng), _blob((6, 0), 200, rng)])
+    rows = np.arange(0, 400, 2)
+    model = PHDBSCAN(min_cluster_size=20, min_samples=5).fit(window[rows])  # 200 rows: a flat, exact search
+    need = model.gate_neighbours
+    todo = np.arange(30)
+    points = rng.normal(0, 1, (30, 2))
+    # an earlier search over the whole window that covers every point (its neighbours: the subset's rows)
+    subset_d, subset_i = model.kneighbors(points, need)
+    earlier = Searched(todo, subset_d + 1.0, rows[subset_i], exact=False)  # wrong distances, so a reuse would show
+    link = KeyedModel(model, {0: "a"}, within=(0, rows))
+
+    searched = chain_neighbours(points, todo, link, [earlier])
+    assert searched.reused == 0 and searched.exact
+    np.testing.assert_array_equal(searched.distances, subset_d)
+    reused = chain_neighbours(points, todo, link, [Searched(todo, subset_d, rows[subset_i], exact=True)])
+    assert reused.reused == todo.size and reused.exact
+    np.testing.assert_array_equal(reused.indices, subset_i)
+
+
 def test_neighbours_among_a_subset_keep_the_search_order_and_flag_points_the_search_cannot_serve():
     from lakelens.operators.assignment import Searched, neighbours_among
 
     # two points searched, 4 neighbours each among training rows 0..5; the subset holds rows 1, 3, 4, 5
     source = Searched(np.array([2, 7]), np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]),
-                      np.array([[3, 0, 5, 2], [0, 2, 1, 4]]))
+                      np.array([[3, 0, 5, 2], [0, 2, 1, 4]]), exact=True)
     distances, indices, complete = neighbours_among(source, np.array([2, 7]), np.array([1, 3, 4, 5]), need=2)
     assert complete.tolist() == [True, True]
     assert indices.tolist() == [[1, 3], [0, 2]]  # positions in the subset: row 3 -> 1, row 5 -> 3, row 1 -> 0 ...

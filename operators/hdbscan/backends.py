@@ -106,6 +106,11 @@ class FaissBackend:
         return knn_mod.knn_graph(self.data, k, method=self.method, device=self.device, nprobe=self.nprobe,
                                  seed=self.seed, recall_k=recall_k, recall_target=self.recall_target)
 
+    @property
+    def exact_queries(self) -> bool:
+        """Whether `query` finds new points' true nearest rows (a flat index), not an approximation."""
+        return self.method == "exact" or (self.method == "auto" and self.n <= knn_mod.EXACT_MAX_N)
+
     def query(self, points: np.ndarray, k: int) -> KnnGraph:
         """New points' k nearest rows, by the method the graph used: cells search as the fit's graph did."""
         cells = knn_mod.graph_method(self.n, self.data.shape[1], self.method, self.device) == "cells"
@@ -217,6 +222,10 @@ class MetricBackend:
         return knn_mod.KnnReport("nndescent", k, recall_k, recall, None, None, None, int(rows.size),
                                  float(err.mean()), float(err.max()))
 
+    @property
+    def exact_queries(self) -> bool:
+        return self.algorithm != "nndescent"
+
     def query(self, points, k: int) -> KnnGraph:
         k = min(k, self.n)
         if self._nn is None:
@@ -298,6 +307,8 @@ class PrecomputedBackend:
         dist = np.take_along_axis(d, part, axis=1).astype(np.float64)
         graph = knn_mod._ordered_rows(dist, part.astype(np.int64), k)
         return KnnGraph(graph.distances, graph.indices, knn_mod.KnnReport("exact", k, min(recall_k or k, k)))
+
+    exact_queries = True  # nothing to approximate; `query` refuses new points
 
     def query(self, points, k: int) -> KnnGraph:
         raise ValueError("a model fitted on precomputed distances cannot place new points: it has no vectors")
