@@ -128,7 +128,7 @@ def chain_neighbours(features: np.ndarray, todo: np.ndarray, link: KeyedModel,
     within, where that search holds enough of them, else by the model's own search. An approximate earlier
     search never stands in for an exact one of the model's own (a small pool within a large window)."""
     need = link.model.gate_neighbours
-    exact = bool(link.model._backend.exact_queries)
+    exact = link.model.searches_exactly
     source = earlier[link.within[0]] if link.within is not None else None
     if source is None or source.indices.shape[1] < need or (exact and not source.exact):
         distances, indices = link.model.kneighbors(features[todo], need)

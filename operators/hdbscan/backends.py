@@ -109,7 +109,7 @@ class FaissBackend:
     @property
     def exact_queries(self) -> bool:
         """Whether `query` finds new points' true nearest rows (a flat index), not an approximation."""
-        return self.method == "exact" or (self.method == "auto" and self.n <= knn_mod.EXACT_MAX_N)
+        return knn_mod.graph_method(self.n, self.data.shape[1], self.method, self.device) == "exact"
 
     def query(self, points: np.ndarray, k: int) -> KnnGraph:
         """New points' k nearest rows, by the method the graph used: cells search as the fit's graph did."""

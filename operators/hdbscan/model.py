@@ -894,6 +894,11 @@ class HDBSCAN(ClusterMixin, BaseEstimator):
 
         return gate_neighbour_count(self)
 
+    @property
+    def searches_exactly(self) -> bool:
+        """Whether new points' nearest training rows are found exactly (a flat index), not approximated."""
+        return bool(self._backend.exact_queries)
+
     def kneighbors(self, X, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, training-row indices) of each row of X's nearest training rows, nearest first."""
         from lakelens.operators.hdbscan.prediction import training_neighbours

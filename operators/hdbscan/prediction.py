@@ -59,10 +59,14 @@ def training_neighbours(model, X, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the behaviour-clusters job's convention ----------------------------------------------------------
 
+def _gate_samples(model) -> int:
+    """The gate's min_samples: a new point's core distance is its distance to this many-th training row."""
+    return max(min(model.params.samples, model._backend.n - 1), 1)
+
+
 def gate_neighbour_count(model) -> int:
     """How many nearest training rows `predict_with_scores` reads per new point."""
-    n_train = model._backend.n
-    return min(n_train, 2 * max(min(model.params.samples, n_train - 1), 1))
+    return min(model._backend.n, 2 * _gate_samples(model))
 
 
 def predict_with_scores(model, X, neighbours: tuple[np.ndarray, np.ndarray] | None = None
@@ -79,7 +83,7 @@ def predict_with_scores(model, X, neighbours: tuple[np.ndarray, np.ndarray] | No
     if tree.size == 0 or count == 0:
         return np.full(count, -1), np.zeros(count), np.ones(count)
     n_train = model._backend.n
-    samples = max(min(model.params.samples, n_train - 1), 1)
+    samples = _gate_samples(model)
     need = gate_neighbour_count(model)
     if neighbours is None:
         dist, idx = _neighbours(model, points, need)
