@@ -1,96 +1,75 @@
 #!/usr/bin/env bash
-# pHDBSCAN on one GPU at 10M and 100M x 64, beside cuML's HDBSCAN where it fits (issue 14).
-# UNTESTED ON A DEVICE: no session so far was lent one. Meant for the `device` tool's `run`:
+# pHDBSCAN on one GPU at 10M and 100M x 64, beside cuML's HDBSCAN where it is installed (issue 14).
+# For the `device` tool's `run` on a lent H200:
 #
-#   prepare here, once (wheels for the device's Python 3.12 and CUDA 13; see /work/.library/device/README.md):
-#     echo /.whl/ >> .git/info/exclude
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#       faiss-gpu-cu13-cuvs==1.15.0   # not faiss-cpu too: both install the module faiss
-#     # optional, for the side-by-side: cuml-cu13 and its RAPIDS needs (pylibraft, rmm, ...); the carry
-#     # limit is 64 MiB a call, which the RAPIDS wheels may pass: then cuML is reported as not installed
-#   run:  run(command="bash bench/device_check.sh", carry=[".whl"], timeout_s=480)
+#   here, once:  bash bench/device/prepare.sh          # fills .whl/: FAISS for the GPU, ~52 MB
+#   run:         run(command="bash bench/device_check.sh", carry=[".whl"], timeout_s=540)
 #
-# Budget: < 8 min on one H200. Each step has its own timeout; what did not run says so in $OUT/device_check.log.
+# Budget: under 8 minutes in all (BUDGET_S, default 450 s for the fits). Steps, each capped:
+#   1. install FAISS and lakelens (offline, from the carried wheel and this checkout);
+#   2. a preflight: FAISS's GPU search must agree with its CPU search, else stop here;
+#   3. a 50k fit on the GPU, so numba's compiled stages are cached before anything is timed;
+#   4. bench/gpu_scale.py at 10M x 64 (pHDBSCAN, and cuML if importable); 1M on the GPU and on the
+#      CPU's cores (the GPU's gain on one machine); then 100M x 64 with what the budget has left.
+# What did not run says so. Everything printed is also in $OUT/device_check.log.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
-LOG="$OUT/device_check.log"
-exec > >(tee "$LOG") 2>&1
+exec > >(tee "$OUT/device_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 started=$(date +%s)
-echo "# device_check | $(date -u '+%Y-%m-%d %H:%M UTC') | $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null)"
+elapsed() { echo $(( $(date +%s) - started )); }
+echo "# device_check | $(date -u '+%Y-%m-%d %H:%M UTC') | $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null) | $(nproc) cores"
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-else
-  echo "no .whl folder carried: faiss-gpu cannot be installed; stopping"; exit 1
-fi
-# lakelens itself, built from this checkout offline (pyproject maps its folders to lakelens.*)
+ls .whl/faiss_gpu_cu12-*.whl >/dev/null 2>&1 || { echo "no .whl carried: run bench/device/prepare.sh here and carry .whl"; exit 1; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/faiss_gpu_cu12-*.whl \
+  || { echo "FAISS wheel install failed"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
   || { echo "installing lakelens from the checkout failed"; exit 1; }
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# FAISS's CUDA 12 libraries come from .whl/lib (its own preloader looks for pip packages we do not have);
+# the cuBLAS shim forwards to the image's cuBLAS 13
+cublas13=$(python3 - <<'EOF'
+import glob, sys
+dirs = [p for p in sys.path if p] + ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+hits = [h for d in dirs for h in glob.glob(d + "/nvidia/**/libcublas.so.13", recursive=True) + glob.glob(d + "/libcublas.so.13")]
+print(hits[0] if hits else "")
+EOF
+)
+[ -n "$cublas13" ] || { echo "no libcublas.so.13 on this machine: the cuBLAS shim has nothing to forward to"; exit 1; }
+export CUBLAS13_PATH=$cublas13 _FAISS_WHEEL_DISABLE_CUDA_PRELOAD=1
+export LD_LIBRARY_PATH=$PWD/.whl/lib:$(dirname "$cublas13")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export CUDA_CACHE_PATH=/tmp/cuda-cache CUDA_CACHE_MAXSIZE=4294967296  # JIT'd kernels reused across processes
+echo "cuBLAS 13: $cublas13 | setup $(elapsed) s"
 
-python3 - <<'EOF' || { echo "faiss has no GPU here: the GPU path cannot run"; exit 1; }
-import faiss
+timeout 120 python3 - <<'EOF' || { echo "preflight failed: FAISS cannot search on this GPU; stopping"; exit 1; }
+import time
+import faiss, numpy as np
+print("faiss", faiss.__version__, "| GPUs", faiss.get_num_gpus())
 assert faiss.get_num_gpus() > 0, "faiss sees no GPU"
-print("faiss", faiss.__version__, "GPUs", faiss.get_num_gpus())
+rng = np.random.default_rng(0)
+x = rng.standard_normal((20_000, 64), dtype=np.float32)
+t = time.perf_counter()
+_, gpu = faiss.knn_gpu(faiss.StandardGpuResources(), x[:2000], x, 11)
+print(f"knn_gpu first call {time.perf_counter() - t:.1f} s (kernel JIT included)")
+_, cpu = faiss.knn(x[:2000], x, 11)
+same = float((gpu == cpu).mean())
+print(f"GPU vs CPU exact kNN: {same:.4f} of neighbour ids agree")
+assert same > 0.99, "the GPU's exact kNN disagrees with the CPU's"
 EOF
+echo "preflight done | $(elapsed) s"
 
-cat > /tmp/gpu_fit.py <<'EOF'
-"""One method at one size: time, peak GPU memory, labels (saved for the ARI)."""
-import sys, time, json
-import numpy as np
-sys.path.insert(0, "bench")
-from hdbscan_grid import manifold
+timeout 150 python3 bench/gpu_scale.py --n 50000 --device cuda --methods phdbscan --min-cluster-size 50 \
+  || echo "warm-up fit failed or stopped"
+echo "warm-up done | $(elapsed) s"
 
-method, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-X, truth = manifold(n, 64)
-
-def gpu_peak_gib():
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used / 2**30
-    except Exception:
-        return float("nan")
-
-began = time.perf_counter()
-if method == "phdbscan":
-    from lakelens.operators.hdbscan import PHDBSCAN
-    model = PHDBSCAN(min_cluster_size=1000, min_samples=10, device="cuda").fit(X)
-    extra = {"recall": model.knn_recall_, "probe": model.knn_report_.probe, "stages": model.result_.timings}
-else:
-    from cuml.cluster import HDBSCAN
-    model = HDBSCAN(min_cluster_size=1000, min_samples=10).fit(X)
-    extra = {}
-seconds = time.perf_counter() - began
-labels = np.asarray(model.labels_.get() if hasattr(model.labels_, "get") else model.labels_)
-np.save(out, labels)
-print(json.dumps({"method": method, "n": n, "seconds": seconds, "gpu_used_gib_after": gpu_peak_gib(), **extra},
-                 default=float))
-EOF
-
-run() {  # method n timeout
-  local left=$(( 470 - ($(date +%s) - started) ))
-  if (( left < 30 )); then echo "$1 n=$2: not run (time budget spent)"; return; fi
-  local cap=$(( $3 < left ? $3 : left ))
-  timeout "$cap" python3 /tmp/gpu_fit.py "$1" "$2" "/tmp/$1_$2.npy" || echo "$1 n=$2: stopped or failed (cap ${cap}s)"
-}
-nvidia-smi --query-gpu=memory.used --format=csv -lms 500 > "$OUT/gpu_mem.csv" & SMI=$!
-for n in 10000000 100000000; do
-  run phdbscan $n 300
-  if python3 -c "import cuml" 2>/dev/null; then run cuml $n 180; else echo "cuml n=$n: not installed"; fi
-  python3 - "$n" <<'EOF'
-import sys, os, numpy as np
-from sklearn.metrics import adjusted_rand_score
-n = sys.argv[1]
-a, b = f"/tmp/phdbscan_{n}.npy", f"/tmp/cuml_{n}.npy"
-if os.path.exists(a) and os.path.exists(b):
-    print(f"n={n}: ARI pHDBSCAN vs cuML = {adjusted_rand_score(np.load(a), np.load(b)):.4f}")
-EOF
-done
-kill $SMI 2>/dev/null
-echo "peak GPU memory used (MiB, nvidia-smi every 0.5 s): $(grep -o '[0-9]\+' "$OUT/gpu_mem.csv" | sort -n | tail -1)"
-echo "total $(( $(date +%s) - started )) s"
+budget() { echo $(( ${BUDGET_S:-450} - $(elapsed) )); }
+bench() { python3 bench/gpu_scale.py --out "$OUT/gpu_scale.jsonl" "$@" --budget-s "$(budget)"; }
+bench --n 10000000 --device cuda --cap-s 150
+# the same 1M rows on the GPU and on this machine's CPU cores: the GPU's gain on one machine
+bench --n 1000000 --device cuda --methods phdbscan --cap-s 45
+bench --n 1000000 --device cpu --methods phdbscan --cap-s 75
+# 100M last, with what is left: a stopped fit still prints the stages it finished
+bench --n 100000000 --device cuda --cap-s 400
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+echo "# total $(elapsed) s"

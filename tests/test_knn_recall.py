@@ -125,3 +125,49 @@ def test_a_fitted_models_predict_searches_the_cells_its_graph_was_built_from(har
     model = PHDBSCAN(min_cluster_size=50, min_samples=10, knn_method="cells").fit(hard[:30_000])
     labels, _, _ = model.predict_with_scores(hard[30_000:31_000])
     assert isinstance(model._backend._index, CellIndex) and labels.shape == (1000,)
+
+
+def test_rows_are_ordered_by_distance_then_index_as_a_lexsort_orders_them():
+    from lakelens.operators.hdbscan.knn import _ordered_rows
+
+    rng = np.random.default_rng(3)
+    distances = rng.integers(0, 4, (500, 12)).astype(np.float64)  # many ties
+    distances[rng.random(distances.shape) < 0.05] = np.inf
+    indices = rng.integers(-1, 50, (500, 12))
+    order = np.lexsort((indices, distances), axis=-1)[:, :7]
+    graph = _ordered_rows(distances, indices, 7)
+    np.testing.assert_array_equal(graph.distances, np.take_along_axis(distances, order, axis=1))
+    np.testing.assert_array_equal(graph.indices, np.take_along_axis(indices, order, axis=1))
+
+
+def test_a_search_that_overlaps_its_batches_returns_what_a_serial_search_returns(hard):
+    from lakelens.operators.hdbscan.knn import build_index, search
+
+    index = build_index(hard, method="ivf", device="cpu", nprobe=4)
+    serial = search(index, hard, hard[:5000], 11, batch=1000)
+    ahead = search(index, hard, hard[:5000], 11, batch=1000, overlap=True)
+    np.testing.assert_array_equal(serial.indices, ahead.indices)
+    np.testing.assert_array_equal(serial.distances, ahead.distances)
+
+
+def test_ivf_lists_stay_small_on_a_gpu_and_never_under_faiss_training_minimum():
+    from lakelens.operators.hdbscan.knn import GPU_MAX_LISTS, ivf_lists
+
+    assert ivf_lists(1_000_000, gpu=False) == 800
+    assert ivf_lists(100_000_000, gpu=False) == 4096
+    assert ivf_lists(10_000_000, gpu=True) == 12_649  # ~790 rows a list
+    assert 100_000_000 / ivf_lists(100_000_000, gpu=True) == 2500
+    assert ivf_lists(10**10, gpu=True) == GPU_MAX_LISTS
+    assert ivf_lists(2_000, gpu=True) == 2_000 // 39
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", ""])
+def test_an_unknown_device_is_an_error_naming_the_key(device):
+    with pytest.raises(ValueError, match="device"):
+        PHDBSCAN(min_cluster_size=5, device=device).fit(np.random.default_rng(0).random((50, 2)))
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False, reason="a GPU is here")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error_not_a_silent_cpu_fit():
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        PHDBSCAN(min_cluster_size=5, device="cuda").fit(np.random.default_rng(0).random((50, 2)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,13 @@ RECALL_SAMPLE = 1000
 # components, and the exact joins between them cost more than the search saved (50k x 8 blobs:
 # probe 1 met recall 0.976 but the joins took 13.7 s against a 2.6 s graph, bench/RESULTS.md)
 DEFAULT_PROBE = 6
+# FAISS's GPU IVF scans every probed list for every query, so on a GPU the lists stay small (a few
+# thousand rows at 100M) and the coarse quantizer, a GEMM there, grows instead
+GPU_MAX_LISTS = 65_536
+# the largest probe (and k) FAISS's GPU selection takes
+GPU_MAX_PROBE = 2048
+# queries per GPU search call: large enough that a call's fixed cost is small beside its scan
+GPU_SEARCH_BATCH = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -73,22 +81,41 @@ def gpu_available() -> bool:
         return False
 
 
+_GPU_RESOURCES = None
+
+
+def gpu_resources():
+    """The process's one FAISS GPU resource object (its scratch memory is reused by every index and search)."""
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        import faiss
+
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return _GPU_RESOURCES
+
+
+def ivf_lists(n: int, gpu: bool) -> int:
+    """IVF lists for n rows: about 0.8 sqrt(n), at most 4096, on CPU; about 4 sqrt(n), at most
+    GPU_MAX_LISTS, on a GPU, where each query's scan of its probed lists is the cost, not the
+    quantizer. Never fewer than ~39 rows a list (FAISS's training minimum)."""
+    scale, cap = (4.0, GPU_MAX_LISTS) if gpu else (0.8, 4096)
+    return int(min(max(16, scale * math.sqrt(n)), cap, n // 39 or 1))
+
+
 def build_index(data: np.ndarray, method: str = "auto", device: str = "auto", nlist: int | None = None,
                 nprobe: int | None = None, seed: int = 0):
-    """A FAISS index over `data` (float32). `method`: exact, ivf or auto; `device`: cpu, cuda or auto."""
+    """A FAISS index over `data` (float32). `method`: exact, ivf, hnsw or auto; `device`: cpu, cuda or
+    auto. On a GPU the IVF cells are trained there too (k-means at 40k lists is hours on a CPU)."""
     import faiss
 
     n, dim = data.shape
     method = ("exact" if n <= EXACT_MAX_N else "ivf") if method == "auto" else method
+    gpu = _use_gpu(device) and method != "hnsw"
     if method == "exact":
         index = faiss.IndexFlatL2(dim)
     elif method == "ivf":
-        nlist = nlist or int(min(max(16, 0.8 * math.sqrt(n)), 4096, n // 39 or 1))
-        quantizer = faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-        index.cp.seed = seed
-        sample = data if n <= 64 * nlist else data[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
-        index.train(sample)
+        nlist = nlist or ivf_lists(n, gpu)
+        index = _trained_ivf(data, nlist, seed, gpu)
         index.nprobe = nprobe or min(nlist, 16 if n <= 300_000 else 8)
     elif method == "hnsw":
         index = faiss.IndexHNSWFlat(dim, 32)
@@ -96,29 +123,81 @@ def build_index(data: np.ndarray, method: str = "auto", device: str = "auto", nl
         index.hnsw.efSearch = max(64, nprobe or 64)
     else:
         raise ValueError(f"unknown kNN method {method!r}; use exact, ivf, hnsw or auto")
-    if (device == "cuda" or (device == "auto" and gpu_available())) and method != "hnsw":
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    if gpu:
+        index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
     index.add(data)
     return index
 
 
-def search(index, data: np.ndarray, queries: np.ndarray, k: int, batch: int = 16_384) -> KnnGraph:
-    """k nearest rows of `data` (held by `index`) for each query, exact distances, deterministic order."""
+def _trained_ivf(data: np.ndarray, nlist: int, seed: int, gpu: bool):
+    """An empty IVF-flat index whose cells are k-means centroids of (a sample of) `data`."""
+    import faiss
+
+    n, dim = data.shape
+    sample = data if n <= 64 * nlist else data[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
+    if not gpu:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+        index.cp.seed = seed
+        index.train(sample)
+        return index
+    kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed, gpu=True, max_points_per_centroid=64)
+    kmeans.train(np.ascontiguousarray(sample))
+    quantizer = faiss.IndexFlatL2(dim)
+    quantizer.add(kmeans.centroids)
+    return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+
+
+def search(index, data: np.ndarray, queries: np.ndarray, k: int, batch: int = 16_384,
+           overlap: bool = False) -> KnnGraph:
+    """k nearest rows of `data` (held by `index`) for each query, exact distances, deterministic order.
+
+    With `overlap` (a GPU index) the next batch's search runs while this one's distances are redone
+    on the CPU; FAISS releases the GIL. On a CPU index both would fight for the same cores."""
     n_q = queries.shape[0]
     distances = np.empty((n_q, k), dtype=np.float64)
     indices = np.empty((n_q, k), dtype=np.int64)
-    for lo in range(0, n_q, batch):
-        hi = min(n_q, lo + batch)
-        _, idx = index.search(np.ascontiguousarray(queries[lo:hi], dtype=np.float32), int(k))
-        ordered = _ordered_rows(exact_distances(data, queries[lo:hi], idx), idx, k)
-        distances[lo:hi], indices[lo:hi] = ordered.distances, ordered.indices
+    starts = list(range(0, n_q, batch))
+
+    def find(lo: int) -> np.ndarray:
+        return index.search(np.ascontiguousarray(queries[lo:lo + batch], dtype=np.float32), int(k))[1]
+
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = ahead.submit(find, starts[0]) if overlap and starts else None
+        for at, lo in enumerate(starts):
+            if pending is not None:
+                idx = pending.result()
+                pending = ahead.submit(find, starts[at + 1]) if at + 1 < len(starts) else None
+            else:
+                idx = find(lo)
+            hi = min(n_q, lo + batch)
+            ordered = _ordered_rows(exact_distances(data, queries[lo:hi], idx), idx, k)
+            distances[lo:hi], indices[lo:hi] = ordered.distances, ordered.indices
     return KnnGraph(distances, indices)
 
 
 def _ordered_rows(distances: np.ndarray, indices: np.ndarray, k: int) -> KnnGraph:
     """Each row's first k entries by (distance, index): the one tie order used everywhere."""
-    order = np.lexsort((indices, distances), axis=-1)[:, :k]
-    return KnnGraph(np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1))
+    d = np.array(distances, dtype=np.float64, order="C")
+    i = np.array(indices, dtype=np.int64, order="C")
+    _sort_rows(d, i)
+    return KnnGraph(np.ascontiguousarray(d[:, :k]), np.ascontiguousarray(i[:, :k]))
+
+
+@njit(parallel=True, cache=True)
+def _sort_rows(distances: np.ndarray, indices: np.ndarray) -> None:
+    """Sorts each row in place by (distance, index). Insertion sort: rows arrive nearly in order (a
+    search's own order, its distances redone in float64), so this is about one pass per row."""
+    width = distances.shape[1]
+    for r in prange(distances.shape[0]):
+        for j in range(1, width):
+            d, i = distances[r, j], indices[r, j]
+            t = j
+            while t > 0 and (distances[r, t - 1] > d or (distances[r, t - 1] == d and indices[r, t - 1] > i)):
+                distances[r, t] = distances[r, t - 1]
+                indices[r, t] = indices[r, t - 1]
+                t -= 1
+            distances[r, t] = d
+            indices[r, t] = i
 
 
 def exact_distances(data: np.ndarray, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -165,12 +244,15 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
     if method == "cells":
         return cell_knn(data, k, probe=nprobe, seed=seed, recall_k=recall_k, recall_target=recall_target,
                         sample=sample)
+    gpu = _use_gpu(device) and method != "hnsw"
+    batch = GPU_SEARCH_BATCH if gpu else 16_384
     index = build_index(data, method=method, device=device, nprobe=nprobe, seed=seed)
     if method == "exact":
-        return KnnGraph(*_rows(search(index, data, data, k)), KnnReport("exact", k, recall_k))
+        return KnnGraph(*_rows(search(index, data, data, k, batch, overlap=gpu)), KnnReport("exact", k, recall_k))
     started = time.perf_counter()
-    truth = exact_sample(data, recall_k, sample, seed, gpu=_use_gpu(device))
-    probe, limit = _probe(index), (index.nlist if method == "ivf" else 4096)
+    truth = exact_sample(data, recall_k, sample, seed, gpu=gpu)
+    probe = _probe(index)
+    limit = 4096 if method == "hnsw" else min(index.nlist, GPU_MAX_PROBE) if gpu else index.nlist
     while True:  # a sample's recall at this probe; raise it until the target holds
         found = search(index, data, data[truth.rows], k)
         recall, low = sample_recall(found.distances, truth)
@@ -179,7 +261,7 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
         probe = min(limit, probe * 2)
         _set_probe(index, probe)
     measuring = time.perf_counter() - started
-    graph = search(index, data, data, k)
+    graph = search(index, data, data, k, batch, overlap=gpu)
     report = _report(method, k, graph, truth, recall_target, probe, getattr(index, "nlist", None), measuring)
     return KnnGraph(graph.distances, graph.indices, report)
 
@@ -220,6 +302,10 @@ def _set_probe(index, probe: int) -> None:
 
 
 def _use_gpu(device: str) -> bool:
+    """Whether `device` (cpu, cuda or auto) means the GPU here; cuda without one is an error."""
+    if device == "cuda" and not gpu_available():
+        raise RuntimeError("device='cuda' but FAISS sees no GPU here (no CUDA device, or faiss without GPU "
+                           "support installed); use device='auto' or 'cpu'")
     return device == "cuda" or (device == "auto" and gpu_available())
 
 
@@ -243,7 +329,7 @@ def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int 
     rows = np.sort(np.random.default_rng(seed + 7919).choice(n, min(size, n), replace=False))
     queries = np.ascontiguousarray(source[rows])
     if gpu:
-        _, idx = faiss.knn_gpu(faiss.StandardGpuResources(), queries, data, int(k))
+        _, idx = faiss.knn_gpu(gpu_resources(), queries, data, int(k))
     else:
         _, idx = faiss.knn(queries, data, int(k))
     exact = _ordered_rows(exact_distances(data, queries, idx), idx, k)

@@ -141,6 +141,8 @@ class HDBSCANParams:
         if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)
                                    or not 0 < target <= 1):
             raise ValueError(f"knn_recall_target must be a number in (0, 1] or None, got {target!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ValueError(f"cluster_selection_method must be 'eom' or 'leaf', got {self.cluster_selection_method!r}")
 
