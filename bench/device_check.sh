@@ -24,8 +24,10 @@ echo "# device_check | $(date -u '+%Y-%m-%d %H:%M UTC') | $(nvidia-smi --query-g
 ls .whl/faiss_gpu_cu12-*.whl >/dev/null 2>&1 || { echo "no .whl carried: run bench/device/prepare.sh here and carry .whl"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/faiss_gpu_cu12-*.whl \
   || { echo "FAISS wheel install failed"; exit 1; }
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
-  || { echo "installing lakelens from the checkout failed"; exit 1; }
+# lakelens as pyproject maps it (lakelens/ plus the top-level folders as its subpackages), without a build
+mkdir -p /tmp/site && rm -rf /tmp/site/lakelens && cp -r lakelens /tmp/site/lakelens \
+  && for part in infra operators pipelines synthetic; do ln -s "$PWD/$part" "/tmp/site/lakelens/$part"; done \
+  || { echo "laying out lakelens from the checkout failed"; exit 1; }
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 # FAISS's CUDA 12 libraries come from .whl/lib (its own preloader looks for pip packages we do not have);
 # the cuBLAS shim forwards to the image's cuBLAS 13
