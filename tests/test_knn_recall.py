@@ -128,14 +128,14 @@ def test_a_fitted_models_predict_searches_the_cells_its_graph_was_built_from(har
 
 
 def test_rows_are_ordered_by_distance_then_index_as_a_lexsort_orders_them():
-    from lakelens.operators.hdbscan.knn import _ordered_rows
+    from lakelens.operators.hdbscan.knn import ordered_rows
 
     rng = np.random.default_rng(3)
     distances = rng.integers(0, 4, (500, 12)).astype(np.float64)  # many ties
     distances[rng.random(distances.shape) < 0.05] = np.inf
     indices = rng.integers(-1, 50, (500, 12))
     order = np.lexsort((indices, distances), axis=-1)[:, :7]
-    graph = _ordered_rows(distances, indices, 7)
+    graph = ordered_rows(distances, indices, 7)
     np.testing.assert_array_equal(graph.distances, np.take_along_axis(distances, order, axis=1))
     np.testing.assert_array_equal(graph.indices, np.take_along_axis(indices, order, axis=1))
 
@@ -167,7 +167,8 @@ def test_an_unknown_device_is_an_error_naming_the_key(device):
         PHDBSCAN(min_cluster_size=5, device=device).fit(np.random.default_rng(0).random((50, 2)))
 
 
-@pytest.mark.skipif(faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False, reason="a GPU is here")
+@pytest.mark.skipif(__import__("lakelens.operators.hdbscan.torch_cells", fromlist=["x"]).cuda_available(),
+                    reason="a GPU is here")
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error_not_a_silent_cpu_fit():
     with pytest.raises(RuntimeError, match="device='cuda'"):
         PHDBSCAN(min_cluster_size=5, device="cuda").fit(np.random.default_rng(0).random((50, 2)))

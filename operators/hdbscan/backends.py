@@ -235,7 +235,7 @@ class MetricBackend:
             idx, dist = self._nn.query(points, k=k)
         else:
             dist, idx = self._nn.kneighbors(points, k)
-        return knn_mod._ordered_rows(np.asarray(dist, np.float64), np.asarray(idx, np.int64), k)
+        return knn_mod.ordered_rows(np.asarray(dist, np.float64), np.asarray(idx, np.int64), k)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return self.pairwise(self.data[ids], self.data)
@@ -267,7 +267,7 @@ def pairwise_kwargs(metric, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _ordered_with_self(dist: np.ndarray, idx: np.ndarray, k: int) -> KnnGraph:
     """Rows by (distance, index), each row's own point first (it may tie with duplicates)."""
-    graph = knn_mod._ordered_rows(dist, idx, k)
+    graph = knn_mod.ordered_rows(dist, idx, k)
     own = np.arange(idx.shape[0])
     first = graph.indices[:, 0] != own
     if first.any():  # a duplicate came first: swap the point itself to the front at distance 0
@@ -305,7 +305,7 @@ class PrecomputedBackend:
         if k < self.n and self.n <= 4096:
             part = np.tile(np.arange(self.n), (self.n, 1))
         dist = np.take_along_axis(d, part, axis=1).astype(np.float64)
-        graph = knn_mod._ordered_rows(dist, part.astype(np.int64), k)
+        graph = knn_mod.ordered_rows(dist, part.astype(np.int64), k)
         return KnnGraph(graph.distances, graph.indices, knn_mod.KnnReport("exact", k, min(recall_k or k, k)))
 
     exact_queries = True  # nothing to approximate; `query` refuses new points

@@ -72,7 +72,8 @@ class KnnGraph:
     report: KnnReport | None = None  # None for graphs assembled elsewhere (shards, callers)
 
 
-def gpu_available() -> bool:
+def faiss_gpu_available() -> bool:
+    """Whether the installed FAISS can search on a GPU here (PyPI's faiss-cpu cannot)."""
     try:
         import faiss
 
@@ -110,7 +111,7 @@ def build_index(data: np.ndarray, method: str = "auto", device: str = "auto", nl
 
     n, dim = data.shape
     method = ("exact" if n <= EXACT_MAX_N else "ivf") if method == "auto" else method
-    gpu = _use_gpu(device) and method != "hnsw"
+    gpu = _faiss_gpu(device) and method != "hnsw"
     if method == "exact":
         index = faiss.IndexFlatL2(dim)
     elif method == "ivf":
@@ -170,12 +171,12 @@ def search(index, data: np.ndarray, queries: np.ndarray, k: int, batch: int = 16
             else:
                 idx = find(lo)
             hi = min(n_q, lo + batch)
-            ordered = _ordered_rows(exact_distances(data, queries[lo:hi], idx), idx, k)
+            ordered = ordered_rows(exact_distances(data, queries[lo:hi], idx), idx, k)
             distances[lo:hi], indices[lo:hi] = ordered.distances, ordered.indices
     return KnnGraph(distances, indices)
 
 
-def _ordered_rows(distances: np.ndarray, indices: np.ndarray, k: int) -> KnnGraph:
+def ordered_rows(distances: np.ndarray, indices: np.ndarray, k: int) -> KnnGraph:
     """Each row's first k entries by (distance, index): the one tie order used everywhere."""
     d = np.array(distances, dtype=np.float64, order="C")
     i = np.array(indices, dtype=np.int64, order="C")
@@ -243,8 +244,8 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
         return KnnGraph(*_rows(kdtree_knn(data, k)), KnnReport("kdtree", k, recall_k))
     if method == "cells":
         return cell_knn(data, k, probe=nprobe, seed=seed, recall_k=recall_k, recall_target=recall_target,
-                        sample=sample)
-    gpu = _use_gpu(device) and method != "hnsw"
+                        sample=sample, torch_device="cuda" if _use_gpu(device) else None)
+    gpu = _faiss_gpu(device) and method != "hnsw"
     batch = GPU_SEARCH_BATCH if gpu else 16_384
     index = build_index(data, method=method, device=device, nprobe=nprobe, seed=seed)
     if method == "exact":
@@ -267,11 +268,12 @@ def knn_graph(data: np.ndarray, k: int, method: str = "auto", device: str = "aut
 
 
 def graph_method(n: int, dim: int, method: str = "auto", device: str = "auto") -> str:
-    """What `auto` means for n rows of dim columns: exact, ivf (GPU), kdtree or cells."""
+    """What `auto` means for n rows of dim columns: exact, kdtree or cells (on the GPU when there is one)."""
     if method != "auto":
         return method
-    return "exact" if n <= EXACT_MAX_N else ("ivf" if _use_gpu(device) else
-                                             "kdtree" if dim <= KDTREE_MAX_DIM else "cells")
+    if n <= EXACT_MAX_N:
+        return "exact"
+    return "cells" if _use_gpu(device) or dim > KDTREE_MAX_DIM else "kdtree"
 
 
 def kdtree_knn(data: np.ndarray, k: int) -> KnnGraph:
@@ -281,7 +283,7 @@ def kdtree_knn(data: np.ndarray, k: int) -> KnnGraph:
 
     _, idx = NearestNeighbors(n_neighbors=k, algorithm="kd_tree", n_jobs=-1).fit(data).kneighbors(data)
     idx = idx.astype(np.int64)
-    return _ordered_rows(exact_distances(data, data, idx), idx, k)
+    return ordered_rows(exact_distances(data, data, idx), idx, k)
 
 
 def _rows(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -302,11 +304,17 @@ def _set_probe(index, probe: int) -> None:
 
 
 def _use_gpu(device: str) -> bool:
-    """Whether `device` (cpu, cuda or auto) means the GPU here; cuda without one is an error."""
-    if device == "cuda" and not gpu_available():
-        raise RuntimeError("device='cuda' but FAISS sees no GPU here (no CUDA device, or faiss without GPU "
-                           "support installed); use device='auto' or 'cpu'")
-    return device == "cuda" or (device == "auto" and gpu_available())
+    """Whether `device` (cpu, cuda or auto) puts the kNN graph on a CUDA GPU; cuda without one is an error."""
+    from lakelens.operators.hdbscan.torch_cells import cuda_available
+
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA GPU here; use device='auto' or 'cpu'")
+    return device == "cuda" or (device == "auto" and cuda_available())
+
+
+def _faiss_gpu(device: str) -> bool:
+    """Whether FAISS's own indexes (flat, IVF) go on the GPU: where `device` allows and FAISS can."""
+    return device != "cpu" and _use_gpu(device) and faiss_gpu_available()
 
 
 @dataclass(frozen=True)
@@ -318,6 +326,11 @@ class SampleTruth:
     indices: np.ndarray
 
 
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """The rows (sorted) whose exact neighbours measure a graph's recall."""
+    return np.sort(np.random.default_rng(seed + 7919).choice(n, min(size, n), replace=False))
+
+
 def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int = 0, gpu: bool = False,
                  queries: np.ndarray | None = None) -> SampleTruth:
     """`size` rows drawn at random and their exact k nearest rows of `data` (self included), by brute force.
@@ -325,14 +338,13 @@ def exact_sample(data: np.ndarray, k: int, size: int = RECALL_SAMPLE, seed: int 
     import faiss
 
     source = data if queries is None else queries
-    n = source.shape[0]
-    rows = np.sort(np.random.default_rng(seed + 7919).choice(n, min(size, n), replace=False))
+    rows = sample_rows(source.shape[0], size, seed)
     queries = np.ascontiguousarray(source[rows])
     if gpu:
         _, idx = faiss.knn_gpu(gpu_resources(), queries, data, int(k))
     else:
         _, idx = faiss.knn(queries, data, int(k))
-    exact = _ordered_rows(exact_distances(data, queries, idx), idx, k)
+    exact = ordered_rows(exact_distances(data, queries, idx), idx, k)
     return SampleTruth(rows, exact.distances, exact.indices)
 
 
@@ -428,6 +440,13 @@ class CellIndex:
         return choose_probe(needed_probe(self.cells_by_distance(home), self.cell, truth), target,
                             min(least, self.n_cells))
 
+    def exact_sample(self, data: np.ndarray, k: int, size: int, seed: int) -> SampleTruth:
+        return exact_sample(data, k, size, seed)
+
+    def search_all(self, k: int, probe: int) -> KnnGraph:
+        """The stored rows' own kNN graph: each cell's rows among its `probe` nearest cells' rows."""
+        return self.search(self.data, k, probe, home=self.cell)
+
     def search(self, queries: np.ndarray, k: int, probe: int, home: np.ndarray | None = None) -> KnnGraph:
         """k nearest stored rows of each query among its home cell's `probe` nearest cells."""
         n = self.data.shape[0]
@@ -451,9 +470,10 @@ class CellIndex:
 
 
 def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None = None, seed: int = 0,
-             recall_k: int | None = None, recall_target: float | None = 0.95, sample: int = RECALL_SAMPLE) -> KnnGraph:
-    """kNN by k-means cells (`CellIndex`): each cell's points search the union of the `probe` cells nearest
-    its centroid.
+             recall_k: int | None = None, recall_target: float | None = 0.95, sample: int = RECALL_SAMPLE,
+             torch_device: str | None = None) -> KnnGraph:
+    """kNN by k-means cells: each cell's points search the union of the `probe` cells nearest its centroid.
+    `CellIndex` searches on the CPU; with `torch_device` (cuda), `TorchCells` searches there.
 
     Without `probe`, the probe is the least that meets `recall_target` on a sample: a true neighbour
     is found exactly when its cell is among the probed ones, so one exact search of the sample gives
@@ -461,18 +481,23 @@ def cell_knn(data: np.ndarray, k: int, cell_size: int = 2000, probe: int | None 
     exact search is cheaper, and is used."""
     n = data.shape[0]
     recall_k = min(recall_k or k, k)
-    index = CellIndex.build(data, cell_size, seed)
+    if torch_device is None:
+        index = CellIndex.build(data, cell_size, seed)
+    else:
+        from lakelens.operators.hdbscan.torch_cells import TorchCells
+
+        index = TorchCells.build(data, cell_size, seed, device=torch_device)
     started = time.perf_counter()
-    truth = exact_sample(data, recall_k, sample, seed)
+    truth = index.exact_sample(data, recall_k, sample, seed)
     if probe is None and recall_target is not None:
         probe = index.least_probe(truth, index.cell[truth.rows], recall_target, DEFAULT_PROBE)
     probe = min(index.n_cells, probe or DEFAULT_PROBE)
     measuring = time.perf_counter() - started
     if probe * n / index.n_cells >= n / 2:  # the pools would hold most points: one flat search is cheaper
-        graph = _flat(data, k)
+        graph = _flat(data, k) if torch_device is None else index.search_all(k, index.n_cells)
         return KnnGraph(graph.distances, graph.indices, KnnReport("exact", k, recall_k, recall_target=recall_target,
                                                                   seconds_measuring=measuring))
-    graph = index.search(data, k, probe, home=index.cell)
+    graph = index.search_all(k, probe)
     return KnnGraph(graph.distances, graph.indices,
                     _report("cells", k, graph, truth, recall_target, probe, index.n_cells, measuring))
 
@@ -507,7 +532,7 @@ def _block_search(stored: np.ndarray, queries: np.ndarray, k: int, cells: int = 
         chunk = queries[lo:lo + step]
         idx = np.empty((chunk.shape[0], k), dtype=np.int64)
         _top_k(chunk @ stored.T, np.einsum("ij,ij->i", chunk, chunk), stored_sq, best_d[:chunk.shape[0]], idx)
-        found = _ordered_rows(exact_distances(stored, chunk, idx), idx, k)
+        found = ordered_rows(exact_distances(stored, chunk, idx), idx, k)
         distances[lo:lo + step], indices[lo:lo + step] = found.distances, found.indices
     return KnnGraph(distances, indices)
 
@@ -560,5 +585,5 @@ def _flat(data: np.ndarray, k: int, batch: int = 16_384) -> KnnGraph:
 
 def merge_topk(parts: list[KnnGraph], k: int) -> KnnGraph:
     """Merge per-shard top-k results (indices already global) into the global top-k, ties by index."""
-    return _ordered_rows(np.concatenate([p.distances for p in parts], axis=1),
+    return ordered_rows(np.concatenate([p.distances for p in parts], axis=1),
                          np.concatenate([p.indices for p in parts], axis=1), k)
