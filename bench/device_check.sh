@@ -34,7 +34,7 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import torch, numba, numpy, faiss; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '| numba', numba.__version__, '| numpy', numpy.__version__, '| faiss', faiss.__version__)"
 echo "setup $(elapsed) s"
 
-timeout 120 python3 - <<'EOF' || { echo "preflight failed: the GPU cell graph is wrong or does not run; stopping"; exit 1; }
+(cd /tmp && timeout 120 python3 -) <<'EOF' || { echo "preflight failed: the GPU cell graph is wrong or does not run; stopping"; exit 1; }
 import time
 import numpy as np
 from lakelens.operators.hdbscan.knn import knn_graph
