@@ -24,7 +24,7 @@ elapsed() { echo $(( $(date +%s) - started )); }
 echo "# device_check | $(date -u '+%Y-%m-%d %H:%M UTC') | $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null) | $(nproc) cores"
 
 ls .whl/faiss_cpu-*.whl >/dev/null 2>&1 || { echo "no .whl carried: run bench/device/prepare.sh here and carry .whl"; exit 1; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/faiss_cpu-*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/faiss_cpu-*.whl \
   || { echo "faiss-cpu wheel install failed"; exit 1; }
 # lakelens as pyproject maps it (lakelens/ plus the top-level folders as its subpackages), without a build
 rm -rf /tmp/site/lakelens && cp -r lakelens /tmp/site/lakelens \
